@@ -1,0 +1,76 @@
+"""Checks a config before any work, so mistakes stop in a second with the key and the fix."""
+
+import ml_collections
+
+from transinv_jax.data import locations, sources
+from transinv_jax import models
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the key and what would fix it."""
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Raises ``ConfigError`` for the first value that cannot work.
+
+  Args:
+    config: a full run config (``data``, ``model``, ``train``, ``eval`` sections).
+    num_devices: devices the batch is split over.
+  """
+  data, model, train, ev = config.data, config.model, config.train, config.eval
+  _require(data.dataset in sources.DATASETS,
+           f"config.data.dataset={data.dataset!r} is not a known dataset; "
+           f"use one of {', '.join(sources.DATASETS)}")
+  _require(data.source in ("files", "tfds"),
+           f"config.data.source={data.source!r}: use 'files' (original files under "
+           "config.data.data_dir) or 'tfds'")
+  _require(data.canvas_size > 0 and data.item_size > 0,
+           "config.data.canvas_size and config.data.item_size must be positive")
+  _require(data.item_size <= data.canvas_size,
+           f"config.data.item_size={data.item_size} is larger than config.data.canvas_size="
+           f"{data.canvas_size}: items are pasted whole, never cropped; make the item smaller "
+           "or the canvas larger")
+  _require(data.channels in (1, 3), f"config.data.channels={data.channels}: use 1 or 3")
+  _require(data.train_location in locations.SAMPLERS,
+           f"config.data.train_location={data.train_location!r}: use one of "
+           f"{', '.join(locations.SAMPLERS)}")
+  if data.train_location == "fixed":
+    lo, hi = locations.centre_range(data.canvas_size, data.item_size)
+    _require(len(data.fixed_centre) == 2 and
+             locations.is_whole(data.fixed_centre, data.canvas_size, data.item_size),
+             f"config.data.fixed_centre={tuple(data.fixed_centre)} puts the item (partly) off "
+             f"the canvas: with canvas {data.canvas_size} and item {data.item_size}, both x and "
+             f"y must lie in [{lo}, {hi}]")
+  _require(model.name in models.MODELS,
+           f"config.model.name={model.name!r}: use one of {', '.join(models.MODELS)}")
+  _require(model.width > 0, f"config.model.width={model.width}: must be positive")
+  _require(0 <= model.dropout < 1, f"config.model.dropout={model.dropout}: must be in [0, 1)")
+  _require(model.dtype in ("auto", "float32", "bfloat16", "float16"),
+           f"config.model.dtype={model.dtype!r}: use auto, float32, bfloat16 or float16")
+  _require(train.learning_rate > 0,
+           f"config.train.learning_rate={train.learning_rate}: must be positive")
+  _require(train.batch_size > 0 and train.batch_size % num_devices == 0,
+           f"config.train.batch_size={train.batch_size} must be a positive multiple of the "
+           f"{num_devices} devices it is split over")
+  _require(train.max_steps > 0, f"config.train.max_steps={train.max_steps}: must be positive")
+  _require(0 <= train.stop_accuracy <= 1,
+           f"config.train.stop_accuracy={train.stop_accuracy}: must be in [0, 1]")
+  _require(train.stop_window >= 0, "config.train.stop_window must be >= 0 (0 disables the rule)")
+  _require(train.scan_steps > 0, "config.train.scan_steps must be positive")
+  _require(train.log_every > 0 and train.log_every % train.scan_steps == 0,
+           f"config.train.log_every={train.log_every} must be a positive multiple of "
+           f"config.train.scan_steps={train.scan_steps}")
+  _require(train.checkpoint_every > 0, "config.train.checkpoint_every must be positive")
+  _require(ev.grid in ("paper", "dense"), f"config.eval.grid={ev.grid!r}: use paper or dense")
+  _require(ev.grid_step > 0 and ev.dense_stride > 0,
+           "config.eval.grid_step and config.eval.dense_stride must be positive")
+  _require(ev.max_items >= 0, "config.eval.max_items must be >= 0 (0 = the whole test split)")
+  _require(ev.items_per_batch > 0 and ev.items_per_batch % num_devices == 0,
+           f"config.eval.items_per_batch={ev.items_per_batch} must be a positive multiple of "
+           f"the {num_devices} devices")
+  _require(ev.centres_per_chunk > 0, "config.eval.centres_per_chunk must be positive")

@@ -1,0 +1,1 @@
+"""Dataset items, from original files or TFDS (see `sources`)."""

@@ -1,0 +1,137 @@
+"""Shift sweep: accuracy at every tested location at once, by vmap over locations.
+
+For a batch of test items and a chunk of centres, every (item, centre) canvas is rendered on the
+device and classified in one call; counts of correct answers per centre and class accumulate on the
+device and come back once, at the end.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from transinv_jax import sharding
+from transinv_jax.train import Items, RenderFn
+
+# (params, x [batch, H, W, C]) -> logits [batch, num_classes]
+ClassifyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+  """Counts from a shift sweep over ``num_centres`` locations.
+
+  Attributes:
+    centres: int32 [num_centres, 2], the item centres (x, y).
+    correct: int64 [num_centres, num_classes], correctly classified items per centre and class.
+    totals: int64 [num_classes], test items per class (the same at every centre).
+  """
+  centres: np.ndarray
+  correct: np.ndarray
+  totals: np.ndarray
+
+  @property
+  def accuracy(self) -> np.ndarray:
+    """float [num_centres]: accuracy over all test items at each centre."""
+    return self.correct.sum(-1) / self.totals.sum()
+
+  @property
+  def class_accuracy(self) -> np.ndarray:
+    """float [num_centres, num_classes]: per-class accuracy (NaN for a class with no items)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+      return self.correct / self.totals
+
+  @property
+  def normalised_accuracy(self) -> np.ndarray:
+    """float [num_centres]: 0 = chance, 100 = perfect."""
+    return normalised_accuracy(self.accuracy, self.totals.shape[0])
+
+
+def normalised_accuracy(accuracy: np.ndarray, num_classes: int) -> np.ndarray:
+  """Rescales accuracy so that chance (1 / num_classes) is 0 and perfect is 100."""
+  chance = 1.0 / num_classes
+  return 100.0 * (np.asarray(accuracy) - chance) / (1.0 - chance)
+
+
+def count_correct(params: Any, images: jax.Array, labels: jax.Array, valid: jax.Array,
+                  centres: jax.Array, *, classify: ClassifyFn, render: RenderFn,
+                  num_classes: int, mesh: Mesh) -> jax.Array:
+  """Correct answers for every item of a batch at every centre of a chunk.
+
+  Args:
+    params: model params.
+    images: uint8 [batch, s, s, c], split over the mesh.
+    labels: int32 [batch].
+    valid: bool [batch]; False for padding.
+    centres: int32 [chunk, 2], (x, y).
+    classify: the model's logits function.
+    render: composes model input from items and centres.
+    num_classes: number of classes.
+    mesh: the device mesh.
+
+  Returns:
+    int32 [chunk, num_classes].
+  """
+  batch, chunk = labels.shape[0], centres.shape[0]
+  # [batch, chunk, H, W, C]: the item axis stays outermost so that the flattened batch is still
+  # split over the mesh in contiguous blocks, with no resharding.
+  per_centre = lambda c: render(images, jnp.broadcast_to(c, (batch, 2)))
+  x = jax.vmap(per_centre, out_axes=1)(centres)
+  x = sharding.constrain_batch(x.reshape((batch * chunk,) + x.shape[2:]), mesh)
+  predictions = jnp.argmax(classify(params, x), -1).reshape(batch, chunk)
+  correct = (predictions == labels[:, None]) & valid[:, None]
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.int32)
+  return jnp.einsum("bo,bc->oc", correct.astype(jnp.int32), one_hot)
+
+
+def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: ClassifyFn,
+                render: RenderFn, num_classes: int, mesh: Mesh, items_per_batch: int,
+                centres_per_chunk: int) -> SweepResult:
+  """Accuracy of ``classify`` for every test item at every centre.
+
+  Memory is bounded by ``items_per_batch * centres_per_chunk`` canvases per call.
+
+  Args:
+    params: model params (replicated).
+    items: the test items on the device.
+    centres: int32 [num_centres, 2], (x, y), each keeping the item whole.
+    classify: ``(params, x) -> logits``.
+    render: composes model input from items and centres.
+    num_classes: number of classes.
+    mesh: the device mesh; ``items_per_batch`` must divide over it.
+    items_per_batch: test items per call.
+    centres_per_chunk: centres per call.
+
+  Returns:
+    The counts; ``.accuracy``, ``.class_accuracy``, ``.normalised_accuracy`` derive from them.
+  """
+  centres = np.asarray(centres, np.int32)
+  num_items, num_centres = items.num_items, centres.shape[0]
+  centres_per_chunk = min(centres_per_chunk, num_centres)
+  # Pad items and centres to whole batches and chunks; padding is masked or sliced off.
+  pad_items = -num_items % items_per_batch
+  images = jnp.pad(items.images, ((0, pad_items),) + ((0, 0),) * 3)
+  labels = jnp.pad(items.labels, (0, pad_items))
+  valid = jnp.arange(num_items + pad_items) < num_items
+  padded_centres = np.concatenate(
+      [centres, np.repeat(centres[-1:], -num_centres % centres_per_chunk, axis=0)])
+
+  batch_spec = sharding.batch_sharded(mesh)
+  run = jax.jit(functools.partial(count_correct, classify=classify, render=render,
+                                  num_classes=num_classes, mesh=mesh))
+  chunks = []
+  for c in range(0, padded_centres.shape[0], centres_per_chunk):
+    chunk = jnp.asarray(padded_centres[c:c + centres_per_chunk])
+    total = jnp.zeros((centres_per_chunk, num_classes), jnp.int32)
+    for b in range(0, num_items + pad_items, items_per_batch):
+      sl = slice(b, b + items_per_batch)
+      batch = jax.device_put((images[sl], labels[sl], valid[sl]), batch_spec)
+      total = total + run(params, *batch, chunk)
+    chunks.append(total)
+  correct = np.asarray(jax.device_get(jnp.concatenate(chunks)))[:num_centres].astype(np.int64)
+  totals = np.bincount(np.asarray(jax.device_get(items.labels)), minlength=num_classes)
+  return SweepResult(centres=centres, correct=correct, totals=totals.astype(np.int64))
