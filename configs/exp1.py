@@ -9,7 +9,7 @@ location of a black 224x224 canvas, then tested with the same test items centred
 Config arguments (comma separated): a dataset (mnist [default], fashion_mnist, kmnist,
 emnist_letters, leek10, leek2) and optionally ``smoke``. Expected cost at the paper's sizes: training
 to the stop rule (at most 5000 steps at batch 32) plus the sweep (2000 test items x 361 locations);
-minutes on one H100, many hours on a CPU. ``smoke`` (canvas 64, items 16, width 1/16, 150 steps,
+minutes on one H100, many hours on a CPU. ``smoke`` (canvas 64, items 16, width 1/16, 400 steps,
 7x7 grid) finishes in well under a minute on a 2-core CPU with the real MNIST files:
 
   TRANSINV_JAX_DATA=../shared/data python -m transinv_jax.main \
@@ -82,11 +82,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.item_size = 16
     config.data.fixed_centre = (8, 32)
     config.model.width = 1 / 16
-    config.train.max_steps = 150
+    # A 1/16-width VGG16 without BatchNorm barely moves in a few hundred steps at 1e-4; 1e-3
+    # without dropout reaches ~55% training accuracy in 400 steps, enough to see the effect.
+    config.model.dropout = 0.0
+    config.train.learning_rate = 1e-3
+    config.train.max_steps = 400
     config.train.stop_accuracy = 0.9
     config.train.stop_window = 50
     config.train.log_every = 25
-    config.train.checkpoint_every = 50
+    config.train.checkpoint_every = 200
     config.eval.max_items = 500
     config.eval.items_per_batch = 100
     config.eval.centres_per_chunk = 7

@@ -4,6 +4,7 @@ import ml_collections
 
 from transinv_jax.data import locations, sources
 from transinv_jax import models
+from transinv_jax.models import vgg
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
              f"y must lie in [{lo}, {hi}]")
   _require(model.name in models.MODELS,
            f"config.model.name={model.name!r}: use one of {', '.join(models.MODELS)}")
+  min_canvas = 2 ** len(vgg.STAGES.get(model.name, ()))
+  _require(data.canvas_size >= min_canvas,
+           f"config.data.canvas_size={data.canvas_size} is too small for {model.name}: its "
+           f"poolings need at least {min_canvas} px; make the canvas larger")
   _require(model.width > 0, f"config.model.width={model.width}: must be positive")
   _require(0 <= model.dropout < 1, f"config.model.dropout={model.dropout}: must be in [0, 1)")
   _require(model.dtype in ("auto", "float32", "bfloat16", "float16"),

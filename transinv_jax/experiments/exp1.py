@@ -209,7 +209,7 @@ def write_results(config, workdir, result: train.TrainResult, sweep: evaluate.Sw
   if trained is not None and trained[1] in axis:
     row = int(np.searchsorted(axis, trained[1]))
     summary["accuracy_along_trained_row"] = {
-        int(x): float(a) for x, a in zip(axis, accuracy[row])}
+        str(x): float(a) for x, a in zip(axis, accuracy[row])}
     if trained[0] in axis:
       summary["accuracy_at_trained_location"] = float(
           accuracy[row, int(np.searchsorted(axis, trained[0]))])

@@ -57,6 +57,9 @@ class VGG(nn.Module):
         out[name] = x
       x = self.pool(x)
       out[f"pool{s}"] = x
+    if x.shape[1] == 0 or x.shape[2] == 0:
+      raise ValueError(f"input {out['conv1_1'].shape[1:3]} is too small for {len(self.stages)} "
+                       f"2x2 poolings: use at least {2 ** len(self.stages)} px")
     x = x.reshape((x.shape[0], -1))
     dense = functools.partial(nn.Dense, dtype=self.dtype,
                               kernel_init=nn.initializers.normal(0.01))

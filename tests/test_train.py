@@ -1,0 +1,132 @@
+"""Training: the stop rule fires at the exact step, resume equals an uninterrupted run, and a tiny
+exp1 run learns the trained location (and only it)."""
+
+import functools
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from transinv_jax import checkpoints, sharding, train
+from transinv_jax.data import canvas, locations
+from transinv_jax.experiments import exp1
+from transinv_jax.models import vgg
+
+CANVAS, SIZE = 32, 8
+
+
+@pytest.fixture(scope="module")
+def setup():
+  """A tiny model and random items; compiled once for the module."""
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(0)
+  items = jax.device_put(
+      train.Items(images=jnp.asarray(rng.integers(0, 256, (50, SIZE, SIZE, 1), dtype=np.uint8)),
+                  labels=jnp.asarray(rng.integers(0, 3, 50), jnp.int32)),
+      sharding.replicated(mesh))
+  model = vgg.VGG11(num_classes=3, width=1 / 32, hidden=32)
+  render = functools.partial(canvas.render, canvas_size=CANVAS, mean=np.float32(0.1),
+                             std=np.float32(0.3), channels=3)
+  step_kwargs = dict(render=render, batch_size=8, mesh=mesh,
+                     sampler=locations.make_sampler("fully_translated", CANVAS, SIZE))
+  new_state = lambda: train.create_train_state(model, jax.random.key(0), (CANVAS, CANVAS, 3),
+                                               1e-3, mesh)
+  return items, new_state, step_kwargs
+
+
+def run(state, setup_, stop, *, log_every=5, checkpoint_every=1000, on_checkpoint=None):
+  items, _, step_kwargs = setup_
+  records = []
+  result = train.train_loop(state, items, jax.random.key(1), log_every=log_every, scan_steps=1,
+                            on_metrics=records.append,
+                            on_checkpoint=on_checkpoint or (lambda s: None),
+                            checkpoint_every=checkpoint_every, stop=stop, **step_kwargs)
+  return result, records
+
+
+def test_max_steps_stops_at_the_exact_step(setup):
+  # 12 steps with syncs every 5: the last sync dispatches 3 steps past the cap, which are no-ops.
+  result, records = run(setup[1](), setup, train.StopRule(1.1, 0, 12))
+  assert result.stop_reason == "max_steps" and result.steps == 12
+  assert int(result.state.step) == 12
+  assert [r["step"] for r in records] == [5, 10, 12]
+
+
+def test_accuracy_rule_fires_after_the_window(setup):
+  # Threshold 0: every step qualifies, so the rule fires when the streak reaches the window.
+  result, _ = run(setup[1](), setup, train.StopRule(0.0, 7, 100))
+  assert result.stop_reason == "accuracy" and result.steps == 7
+  assert int(result.state.streak) == 7
+  # Threshold above 1 never qualifies: the cap fires instead, with no streak.
+  result, _ = run(setup[1](), setup, train.StopRule(1.01, 3, 6))
+  assert result.stop_reason == "max_steps" and int(result.state.streak) == 0
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(setup, tmp_path):
+  stop = train.StopRule(1.1, 0, 20)
+  ckpts = checkpoints.Checkpoints(tmp_path / "ckpt", max_to_keep=5)
+  full, _ = run(setup[1](), setup, stop, checkpoint_every=10, on_checkpoint=ckpts.save)
+  ckpts.wait()
+  assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["10", "20"]
+  # A crash after step 10: step 20 never reached the disk.
+  shutil.rmtree(tmp_path / "ckpt" / "20")
+  restored = checkpoints.Checkpoints(tmp_path / "ckpt").restore_latest(setup[1]())
+  assert int(restored.step) == 10
+  resumed, records = run(restored, setup, stop)
+  assert resumed.steps == 20 and records[0]["step"] == 15
+  for a, b in zip(jax.tree.leaves(full.state.params), jax.tree.leaves(resumed.state.params)):
+    np.testing.assert_array_equal(a, b)
+  chex_opt = zip(jax.tree.leaves(full.state.opt_state), jax.tree.leaves(resumed.state.opt_state))
+  for a, b in chex_opt:
+    np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_round_trip_and_corruption(setup, tmp_path):
+  state, _ = run(setup[1](), setup, train.StopRule(1.1, 0, 5))
+  ckpts = checkpoints.Checkpoints(tmp_path / "ckpt")
+  assert ckpts.restore_latest(setup[1]()) is None  # nothing saved yet
+  ckpts.save(state.state)
+  ckpts.wait()
+  restored = checkpoints.Checkpoints(tmp_path / "ckpt").restore_latest(setup[1]())
+  for a, b in zip(jax.tree.leaves(state.state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(a, b)
+  assert int(restored.stop_reason) == train.STOP_MAX_STEPS
+  # Damage every data file of the checkpoint: restoring must fail with a clear error.
+  for path in (tmp_path / "ckpt" / "5").rglob("*"):
+    if path.is_file() and "metadata" not in path.name:
+      path.write_bytes(b"garbage")
+  with pytest.raises(checkpoints.CheckpointError, match="cannot be read"):
+    checkpoints.Checkpoints(tmp_path / "ckpt").restore_latest(setup[1]())
+
+
+def test_export_loads_without_orbax(setup, tmp_path):
+  state = setup[1]()
+  checkpoints.export_params(tmp_path / "export", state.params, {"seed": 3})
+  params, config = checkpoints.load_exported(tmp_path / "export")
+  assert config == {"seed": 3}
+  assert jax.tree.structure(params) == jax.tree.structure(jax.device_get(state.params))
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  with np.load(tmp_path / "export" / "params.npz") as f:  # plain numpy reads it
+    assert "conv1_1/kernel" in f.files
+  with pytest.raises(checkpoints.CheckpointError, match="not found"):
+    checkpoints.load_exported(tmp_path / "missing")
+
+
+def test_tiny_exp1_learns_the_trained_location_only(shared_data_dir, tmp_path):
+  config = tiny_config()
+  config.model.width = 1 / 8
+  config.train.max_steps = 800
+  config.train.stop_accuracy = 0.95
+  config.train.stop_window = 20
+  config.train.log_every = 20
+  config.eval.max_items = 100
+  summary = exp1.run(config, str(tmp_path / "run"))
+  assert summary["final_train_accuracy"] >= 0.85
+  row = summary["accuracy_along_trained_row"]
+  assert summary["accuracy_at_trained_location"] == row["6"] >= 0.8
+  # Far from the trained location the vanilla network is near chance (exp1's finding).
+  assert row["25"] <= 0.35
