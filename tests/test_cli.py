@@ -1,0 +1,132 @@
+"""The command line: the README's smoke run end to end, rerun, resume after a crash, and errors
+that stop before any work with the config key and the fix."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, subprocess_env, tiny_config
+from transinv_jax import config_checks
+from transinv_jax.data import sources
+from transinv_jax.experiments import exp1
+
+
+def main(*args, env=None):
+  return subprocess.run([sys.executable, "-m", "transinv_jax.main", *args], cwd=REPO_ROOT,
+                        env=env or subprocess_env(), capture_output=True, text=True,
+                        timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, shared_data_dir):
+  workdir = tmp_path_factory.mktemp("cli") / "smoke"
+  cache = workdir.parent / "xla_cache"
+  args = ("--config=configs/exp1.py:smoke", f"--workdir={workdir}", f"--jax_cache_dir={cache}")
+  proc = main(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir, args
+
+
+def test_smoke_run_writes_every_output(smoke_run):
+  workdir, _ = smoke_run
+  for name in ("config.json", "metrics.jsonl", "sweep.npz", "heatmap.png",
+               "heatmap_interpolated.png", "export/params.npz", "export/config.json",
+               "summary.json", "checkpoints/400"):
+    assert (workdir / name).exists(), name
+  summary = json.loads((workdir / "summary.json").read_text())
+  assert summary["stop_reason"] in ("accuracy", "max_steps") and summary["grid"] == [7, 7]
+  # Learned at the trained location (centre x=8), near chance far from it.
+  row = summary["accuracy_along_trained_row"]
+  assert summary["accuracy_at_trained_location"] == row["8"] >= 0.5
+  assert row["55"] <= 0.3
+  with np.load(workdir / "sweep.npz") as sweep:
+    assert sweep["accuracy"].shape == (7, 7)
+    assert sweep["class_accuracy"].shape == (7, 7, 10)
+    assert sweep["correct"].shape == (49, 10) and sweep["totals"].sum() == 500
+    np.testing.assert_array_equal(sweep["xs"], [8, 12, 22, 32, 42, 52, 55])
+    np.testing.assert_allclose(sweep["accuracy"][3, 0], summary["accuracy_at_trained_location"])
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["data"]["canvas_size"] == 64 and config["train"]["learning_rate"] == 1e-3
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records] == list(range(25, 401, 25))
+
+
+def test_rerun_of_a_finished_run_does_nothing(smoke_run):
+  workdir, args = smoke_run
+  before = (workdir / "metrics.jsonl").read_text()
+  proc = main(*args)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "already holds a finished run" in proc.stderr
+  assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_resume_after_a_crash_reproduces_the_run(smoke_run, tmp_path):
+  workdir, args = smoke_run
+  crashed = tmp_path / "crashed"
+  shutil.copytree(workdir, crashed)
+  # A crash between the checkpoints at 200 and 400: no later checkpoint, no results.
+  for name in ("summary.json", "sweep.npz", "export"):
+    path = crashed / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+  shutil.rmtree(crashed / "checkpoints" / "400")
+  proc = main(args[0], f"--workdir={crashed}", args[2])
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "restored step 200" in proc.stderr
+  first = json.loads((workdir / "summary.json").read_text())
+  again = json.loads((crashed / "summary.json").read_text())
+  assert again["steps"] == 400
+  assert again["accuracy_along_trained_row"] == first["accuracy_along_trained_row"]
+  with np.load(workdir / "sweep.npz") as a, np.load(crashed / "sweep.npz") as b:
+    np.testing.assert_array_equal(a["correct"], b["correct"])
+
+
+@pytest.mark.parametrize("change,key", [
+    (dict(dataset="cifar10"), "config.data.dataset"),
+    (dict(item_size=40), "config.data.item_size"),
+    (dict(train_location="fixed", fixed_centre=(30, 16)), "config.data.fixed_centre"),
+    (dict(train_location="fixed", fixed_centre=(5, 16)), "config.data.fixed_centre"),
+    (dict(data_dir="/nonexistent/data"), "config.data.data_dir"),
+    (dict(source="hdf5"), "config.data.source"),
+])
+def test_bad_config_stops_before_any_work(tmp_path, change, key):
+  config = tiny_config()
+  config.data.update(change)
+  with pytest.raises((config_checks.ConfigError, sources.DataError), match=key.replace(".", r"\.")):
+    exp1.run(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_batch_must_split_over_devices_and_canvas_fit_the_model(tmp_path):
+  config = tiny_config()
+  with pytest.raises(config_checks.ConfigError, match="config.train.batch_size"):
+    config_checks.check_config(config, num_devices=5)
+  config.data.canvas_size, config.data.item_size = 16, 8
+  with pytest.raises(config_checks.ConfigError, match="config.data.canvas_size"):
+    config_checks.check_config(config, num_devices=1)
+
+
+def test_workdir_with_another_config_is_refused(tmp_path, shared_data_dir):
+  (tmp_path / "run").mkdir()
+  stored = json.loads(tiny_config().to_json_best_effort())
+  stored["seed"] = 7
+  (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
+  with pytest.raises(config_checks.ConfigError, match="config.seed"):
+    exp1.run(tiny_config(), str(tmp_path / "run"))
+  assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
+
+
+def test_cli_reports_errors_without_traceback(tmp_path):
+  proc = main("--config=configs/exp1.py:smoke", f"--workdir={tmp_path / 'run'}",
+              "--config.data.dataset=cifar10")
+  assert proc.returncode == 1
+  assert "error: config.data.dataset='cifar10' is not a known dataset" in proc.stderr
+  assert "Traceback" not in proc.stderr
+  assert not (tmp_path / "run").exists()
+  proc = main("--config=configs/exp1.py:smoke", f"--workdir={tmp_path / 'run'}",
+              "--config.train.learnin_rate=1e-3")
+  assert proc.returncode != 0 and "learnin_rate" in proc.stderr
+  assert not (tmp_path / "run").exists()
