@@ -1,0 +1,119 @@
+r"""Training and shift-sweep throughput of the real code paths; prints one JSON object.
+
+  python benchmarks/throughput.py                      # the paper's sizes: VGG16, 224, batch 128
+  python benchmarks/throughput.py --width=0.125 --canvas=64 --item=16 --batch=32   # CPU-sized
+
+Training: jitted ``train.train_step`` (canvases sampled, placed and normalised on the device inside
+the step), Adam, ``--dtype`` compute (default: bf16 on GPU/TPU, fp32 on CPU). Sweep:
+``evaluate.shift_sweep`` over the 19x19 paper grid (canvases made on the device). Timings exclude
+compilation. At the paper's sizes the JSON includes the peer figures of DESIGN.md (one H100, bf16)
+and our ratio to each; compare ratios only when ``device`` is an H100.
+"""
+
+import argparse
+import functools
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from transinv_jax import evaluate, models, sharding, train
+from transinv_jax.data import canvas, locations
+from transinv_jax.models import vgg
+
+# DESIGN.md, one H100, bf16, VGG16 at 224x224, batch 128.
+PEERS = {
+    "train_img_per_sec": {"pytorch_eager": 3042, "pytorch_compile": 4614, "minimal_flax": 3728},
+    "sweep_canvases_per_sec": {"pytorch_eager_inference": 7985,
+                               "pytorch_compile_inference": 13682, "minimal_flax": 17398},
+}
+
+
+def _time(fn, repeats: int) -> float:
+  jax.block_until_ready(fn())  # compile and warm up
+  start = time.perf_counter()
+  out = None
+  for _ in range(repeats):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - start) / repeats
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--width", type=float, default=1.0)
+  parser.add_argument("--canvas", type=int, default=224)
+  parser.add_argument("--item", type=int, default=50)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+  parser.add_argument("--sweep_items", type=int, default=256, help="test items in the sweep")
+  parser.add_argument("--items_per_batch", type=int, default=32)
+  parser.add_argument("--centres_per_chunk", type=int, default=19)
+  parser.add_argument("--dtype", default="auto")
+  args = parser.parse_args()
+
+  mesh = sharding.make_mesh()
+  platform = jax.default_backend()
+  dtype = models.compute_dtype(args.dtype, platform)
+  rng = np.random.default_rng(0)
+  items = jax.device_put(
+      train.Items(images=jnp.asarray(rng.integers(0, 256, (1024, args.item, args.item, 1),
+                                                  dtype=np.uint8)),
+                  labels=jnp.asarray(rng.integers(0, 10, 1024), jnp.int32)),
+      sharding.replicated(mesh))
+  model = vgg.VGG16(num_classes=10, width=args.width, dtype=dtype)
+  mean, std = canvas.canvas_stats(items.images, args.canvas, 3)
+  render = functools.partial(canvas.render, canvas_size=args.canvas, mean=mean, std=std,
+                             channels=3, dtype=dtype)
+  state = train.create_train_state(model, jax.random.key(0), (args.canvas, args.canvas, 3),
+                                   1e-4, mesh)
+  step = jax.jit(functools.partial(
+      train.train_steps, num_steps=1, render=render, batch_size=args.batch, mesh=mesh,
+      sampler=locations.make_sampler("fully_translated", args.canvas, args.item),
+      stop=train.StopRule(1.1, 0, 10**9)), donate_argnums=0)
+  key = jax.random.key(1)
+  holder = [state]
+
+  def train_once():
+    holder[0], metrics = step(holder[0], items, key)
+    return metrics
+
+  seconds_per_step = _time(train_once, args.steps)
+
+  axis = locations.paper_axis(args.canvas, args.item)
+  centres = locations.grid_centres(axis, axis)
+  test = jax.tree.map(lambda x: x[:args.sweep_items], items)
+  sweep = functools.partial(
+      evaluate.shift_sweep, holder[0].params, centres=centres, num_classes=10, mesh=mesh,
+      classify=lambda p, x: model.apply({"params": p}, x)[0], render=render,
+      items_per_batch=args.items_per_batch, centres_per_chunk=args.centres_per_chunk)
+  sweep(items=jax.tree.map(lambda x: x[:args.items_per_batch], items))  # compile
+  start = time.perf_counter()
+  sweep(items=test)
+  sweep_seconds = time.perf_counter() - start
+
+  result = {
+      "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "platform": platform,
+      "jax": jax.__version__,
+      "compute_dtype": jnp.dtype(dtype).name,
+      "model": f"vgg16 width {args.width}",
+      "canvas": args.canvas, "item": args.item, "batch": args.batch,
+      "train_img_per_sec": args.batch / seconds_per_step,
+      "train_ms_per_step": 1000 * seconds_per_step,
+      "sweep_grid": [len(axis), len(axis)],
+      "sweep_canvases": int(test.num_items * len(centres)),
+      "sweep_canvases_per_sec": test.num_items * len(centres) / sweep_seconds,
+  }
+  if (args.width, args.canvas, args.item, args.batch) == (1.0, 224, 50, 128):
+    result["peers_h100_bf16"] = PEERS
+    result["ratio_to_peers"] = {
+        metric: {peer: result[metric] / value for peer, value in peers.items()}
+        for metric, peers in PEERS.items()}
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+  main()
