@@ -38,32 +38,37 @@ def resize_items(images: np.ndarray | jax.Array, size: int, chunk: int = 4096) -
   return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def place_items(items: jax.Array, centres: jax.Array, canvas_size: int) -> jax.Array:
-  """Pastes each item whole on its own black canvas, centred at integer ``(x, y)``.
+def place_item(item: jax.Array, centre: jax.Array, canvas_size: int) -> jax.Array:
+  """Pastes one item whole on a black canvas, centred at integer ``centre = (x, y)``.
 
-  Placement is two one-hot matrix products per canvas (rows, then columns): exact for uint8 values
-  in float32 or bfloat16 (each output pixel sums exactly one non-zero term), and it runs on the
-  matrix units of a GPU or TPU instead of a scatter. Centres must keep items whole (see
-  ``locations``); a centre off that range would drop the item's outside rows, so callers validate.
+  Placement is two one-hot matrix products (rows, then columns): exact for uint8 values in float32
+  or bfloat16 (each output pixel sums exactly one non-zero term), and it runs on the matrix units of
+  a GPU or TPU instead of as a scatter. The centre must keep the item whole (see ``locations``); one
+  off that range would drop the item's outside rows, so callers validate locations up front.
 
   Args:
-    items: [batch, size, size, channels], any real or uint8 dtype.
-    centres: int [batch, 2], the item centres as (x, y).
+    item: [size, size, channels], any real or uint8 dtype.
+    centre: int [2], the item centre as (x, y).
     canvas_size: canvas side in pixels.
 
   Returns:
-    [batch, canvas_size, canvas_size, channels], the dtype of ``items``.
+    [canvas_size, canvas_size, channels], the dtype of ``item``.
   """
-  size = items.shape[1]
-  compute = jnp.float32 if items.dtype == jnp.uint8 else items.dtype
-  top_left = centres.astype(jnp.int32) - size // 2  # [batch, 2] as (x, y)
-  pixels = jnp.arange(canvas_size, dtype=jnp.int32)[None, :, None]
-  offsets = jnp.arange(size, dtype=jnp.int32)[None, None, :]
-  cols = (pixels == top_left[:, 0, None, None] + offsets).astype(compute)  # [b, W, size]
-  rows = (pixels == top_left[:, 1, None, None] + offsets).astype(compute)  # [b, H, size]
-  out = jnp.einsum("byi,bijc,bxj->byxc", rows, items.astype(compute), cols,
+  size = item.shape[0]
+  compute = jnp.float32 if item.dtype == jnp.uint8 else item.dtype
+  x0, y0 = centre.astype(jnp.int32) - size // 2
+  pixels = jnp.arange(canvas_size, dtype=jnp.int32)[:, None]
+  offsets = jnp.arange(size, dtype=jnp.int32)[None, :]
+  rows = (pixels == y0 + offsets).astype(compute)  # [canvas, size]
+  cols = (pixels == x0 + offsets).astype(compute)  # [canvas, size]
+  out = jnp.einsum("yi,ijc,xj->yxc", rows, item.astype(compute), cols,
                    precision=jax.lax.Precision.HIGHEST)
-  return out.astype(items.dtype)
+  return out.astype(item.dtype)
+
+
+# [batch, size, size, channels], int [batch, 2], canvas_size -> [batch, canvas, canvas, channels].
+# Called alone it compiles once per shape; inside the jitted train step and sweep it is inlined.
+place_items = jax.jit(jax.vmap(place_item, in_axes=(0, 0, None)), static_argnums=2)
 
 
 def to_channels(images: jax.Array, channels: int) -> jax.Array:
