@@ -7,6 +7,7 @@ r"""Runs one experiment from one config file.
 On every host of a TPU VM slice, run the same command with ``--multihost``.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -28,6 +29,17 @@ _CACHE = flags.DEFINE_string(
     "Persistent XLA compilation cache ('' disables it).")
 flags.mark_flags_as_required(["config", "workdir"])
 
+# Libraries whose INFO records drown the run's own progress lines (orbax logs every file it writes).
+_QUIET_LIBRARIES = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+
+
+class _QuietLibraries(std_logging.Filter):
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        lib in record.pathname for lib in _QUIET_LIBRARIES)
+
+
 # Errors that mean "fix your input", reported as one line instead of a traceback.
 USER_ERRORS = (config_checks.ConfigError, sources.DataError, checkpoints.CheckpointError)
 
@@ -35,6 +47,7 @@ USER_ERRORS = (config_checks.ConfigError, sources.DataError, checkpoints.Checkpo
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if _MULTIHOST.value:
     jax.distributed.initialize()
   if _CACHE.value:
