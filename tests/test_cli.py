@@ -34,7 +34,7 @@ def smoke_run(tmp_path_factory, shared_data_dir):
 def test_smoke_run_writes_every_output(smoke_run):
   workdir, _ = smoke_run
   for name in ("config.json", "metrics.jsonl", "sweep.npz", "heatmap.png",
-               "heatmap_interpolated.png", "export/params.npz", "export/config.json",
+               "heatmap_interpolated.png", "heatmap_per_class.png", "export/params.npz", "export/config.json",
                "summary.json", "checkpoints/400"):
     assert (workdir / name).exists(), name
   summary = json.loads((workdir / "summary.json").read_text())
@@ -53,6 +53,7 @@ def test_smoke_run_writes_every_output(smoke_run):
   assert config["data"]["canvas_size"] == 64 and config["train"]["learning_rate"] == 1e-3
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == list(range(25, 401, 25))
+  assert records[-1]["eta_seconds"] == 0 and records[0]["eta_seconds"] > 0
 
 
 def test_rerun_of_a_finished_run_does_nothing(smoke_run):
@@ -130,3 +131,17 @@ def test_cli_reports_errors_without_traceback(tmp_path):
               "--config.train.learnin_rate=1e-3")
   assert proc.returncode != 0 and "learnin_rate" in proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_tfds_source_end_to_end(tmp_path):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.data.source = "tfds"
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.max_train_items = 64
+  config.train.max_steps = 10
+  with tfds.testing.mock_data(num_examples=64):
+    summary = exp1.run(config, str(tmp_path / "run"))
+  assert summary["steps"] == 10 and summary["test_items"] == 40
+  with np.load(tmp_path / "run" / "sweep.npz") as sweep:
+    assert sweep["accuracy"].shape == (3, 3) and sweep["totals"].sum() == 40

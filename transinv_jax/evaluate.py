@@ -7,11 +7,13 @@ device and come back once, at the end.
 
 import dataclasses
 import functools
+import time
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh
 
 from transinv_jax import sharding
@@ -124,7 +126,9 @@ def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: Cla
   run = jax.jit(functools.partial(count_correct, classify=classify, render=render,
                                   num_classes=num_classes, mesh=mesh))
   chunks = []
-  for c in range(0, padded_centres.shape[0], centres_per_chunk):
+  num_chunks = padded_centres.shape[0] // centres_per_chunk
+  start = time.perf_counter()
+  for i, c in enumerate(range(0, padded_centres.shape[0], centres_per_chunk), 1):
     chunk = jnp.asarray(padded_centres[c:c + centres_per_chunk])
     total = jnp.zeros((centres_per_chunk, num_classes), jnp.int32)
     for b in range(0, num_items + pad_items, items_per_batch):
@@ -132,6 +136,11 @@ def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: Cla
       batch = jax.device_put((images[sl], labels[sl], valid[sl]), batch_spec)
       total = total + run(params, *batch, chunk)
     chunks.append(total)
+    if i % max(1, num_chunks // 10) == 0 or i == num_chunks:  # about ten progress lines
+      jax.block_until_ready(total)
+      elapsed = time.perf_counter() - start
+      logging.info("sweep: %d/%d centre chunks, %.0f canvases/s, %.0f s to go", i, num_chunks,
+                   i * centres_per_chunk * num_items / elapsed, elapsed * (num_chunks / i - 1))
   correct = np.asarray(jax.device_get(jnp.concatenate(chunks)))[:num_centres].astype(np.int64)
   totals = np.bincount(np.asarray(jax.device_get(items.labels)), minlength=num_classes)
   return SweepResult(centres=centres, correct=correct, totals=totals.astype(np.int64))

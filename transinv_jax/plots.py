@@ -91,3 +91,42 @@ def canvas_heatmap(accuracy: np.ndarray, xs: Sequence[int], ys: Sequence[int],
     ax.plot(*trained, "rx", markersize=10, label="trained location")
     ax.legend(loc="upper right", fontsize=8)
   _finish(fig, ax, image, path, title, chance)
+
+
+def class_heatmaps(class_accuracy: np.ndarray, xs: Sequence[int], ys: Sequence[int],
+                   class_names: Sequence[str], path: str, *, title: str,
+                   trained: Sequence[int] | None = None) -> None:
+  """One small accuracy map per class, on the raw grid (the paper's per-class heatmaps).
+
+  Args:
+    class_accuracy: [len(ys), len(xs), num_classes] in [0, 1].
+    xs: x centres of the columns.
+    ys: y centres of the rows.
+    class_names: [num_classes] panel titles.
+    path: PNG file to write.
+    title: figure title.
+    trained: the training centre (x, y) to mark, if any.
+  """
+  xs, ys = np.asarray(xs), np.asarray(ys)
+  num_classes = class_accuracy.shape[-1]
+  cols = int(np.ceil(np.sqrt(num_classes)))
+  rows = int(np.ceil(num_classes / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1, 1.9 * rows + 0.6), squeeze=False)
+  extent = (xs[0], xs[-1], ys[-1], ys[0])
+  image = None
+  for k, ax in enumerate(axes.flat):
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if k >= num_classes:
+      ax.axis("off")
+      continue
+    image = ax.imshow(class_accuracy[..., k], vmin=0, vmax=1, cmap="viridis", extent=extent,
+                      interpolation="nearest")
+    ax.set_title(str(class_names[k]), fontsize=9)
+    if trained is not None:
+      ax.plot(*trained, "rx", markersize=5)
+  fig.suptitle(title)
+  fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="accuracy")
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)

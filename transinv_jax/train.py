@@ -184,7 +184,8 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, log_every: in
     key: the run's data key.
     log_every: steps between host syncs (and metrics records); a multiple of ``scan_steps``.
     scan_steps: steps per compiled call.
-    on_metrics: receives one record per sync: step, loss, train_accuracy, streak, steps_per_sec.
+    on_metrics: receives one record per sync: step, loss, train_accuracy, streak, steps_per_sec,
+      eta_seconds (to the step cap).
     on_checkpoint: saves a state; called every ``checkpoint_every`` steps and at the end.
     checkpoint_every: steps between checkpoints.
     **step_kwargs: the keyword-only arguments of ``train_step``.
@@ -208,9 +209,11 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, log_every: in
     metrics = {k: np.concatenate([m[k] for m in window]) for k in window[0]}
     active = metrics["active"]
     accuracy = float(metrics["accuracy"][active].mean())
+    steps_per_sec = int(active.sum()) / elapsed
     on_metrics({"step": int(step), "loss": float(metrics["loss"][active].mean()),
-                "train_accuracy": accuracy, "streak": int(streak),
-                "steps_per_sec": int(active.sum()) / elapsed})
+                "train_accuracy": accuracy, "streak": int(streak), "steps_per_sec": steps_per_sec,
+                # An upper bound: the accuracy rule may stop the run before the step cap.
+                "eta_seconds": (step_kwargs["stop"].max_steps - int(step)) / steps_per_sec})
     step = int(step)
     if step - last_checkpoint >= checkpoint_every:
       on_checkpoint(state)

@@ -6,7 +6,8 @@ config -> items (host, then device) -> train (canvases on the device) -> shift s
   metrics.jsonl         one record per compiled training call
   checkpoints/          orbax checkpoints; a rerun resumes from the latest
   sweep.npz             counts and accuracies per tested centre and class
-  heatmap.png           the raw grid; heatmap_interpolated.png, over the canvas (figure 1C)
+  heatmap.png           the raw grid; heatmap_interpolated.png, over the canvas (figure 1C);
+                        heatmap_per_class.png, one map per class
   export/               params.npz + config.json, loadable without orbax
   summary.json          written last: the run is complete once it exists
 """
@@ -144,7 +145,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def on_metrics(record):
     writer.write(**record)
     logging.info("step %(step)d loss %(loss).4f train_accuracy %(train_accuracy).3f "
-                 "streak %(streak)d (%(steps_per_sec).1f steps/s)", record)
+                 "streak %(streak)d (%(steps_per_sec).1f steps/s, at most %(eta_seconds).0f s "
+                 "to go)", record)
 
   t = config.train
   result = train.train_loop(
@@ -196,6 +198,9 @@ def write_results(config, workdir, result: train.TrainResult, sweep: evaluate.Sw
     plots.canvas_heatmap(accuracy, axis, axis, config.data.canvas_size,
                          str(workdir / "heatmap_interpolated.png"), title=title,
                          trained=trained, chance=1 / k)
+    plots.class_heatmaps(sweep.class_accuracy.reshape(n, n, k), axis, axis,
+                         test_set.class_names, str(workdir / "heatmap_per_class.png"),
+                         title=f"exp1 {config.data.dataset}: accuracy per class", trained=trained)
   summary = {
       "experiment": config.experiment, "dataset": config.data.dataset,
       "stop_reason": result.stop_reason, "steps": result.steps,
