@@ -165,15 +165,25 @@ def train_steps(state: TrainState, items: Items, key: jax.Array, *, num_steps: i
 
 @dataclasses.dataclass
 class TrainResult:
+  """What ``train_loop`` ends with.
+
+  Attributes:
+    state: the final train state.
+    stop_reason: ``"accuracy"`` or ``"max_steps"``.
+    steps: steps taken in all, including those before a resume.
+    final_train_accuracy: mean training accuracy over the last log window (None if this call
+      took no step, e.g. a resumed run that had already stopped).
+    seconds: wall time of this call's steps.
+  """
   state: TrainState
   stop_reason: str
   steps: int
-  final_train_accuracy: float
+  final_train_accuracy: float | None
   seconds: float
 
 
-def train_loop(state: TrainState, items: Items, key: jax.Array, *, log_every: int,
-               scan_steps: int, on_metrics: Callable[[dict], None],
+def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRule,
+               log_every: int, scan_steps: int, on_metrics: Callable[[dict], None],
                on_checkpoint: Callable[[TrainState], None], checkpoint_every: int,
                **step_kwargs) -> TrainResult:
   """Dispatches steps until the stop rule fires, syncing with the device once per ``log_every``.
@@ -182,21 +192,22 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, log_every: in
     state: the (possibly restored) train state; returned at once if it has already stopped.
     items: training items on the device.
     key: the run's data key.
+    stop: the stop rule.
     log_every: steps between host syncs (and metrics records); a multiple of ``scan_steps``.
     scan_steps: steps per compiled call.
     on_metrics: receives one record per sync: step, loss, train_accuracy, streak, steps_per_sec,
       eta_seconds (to the step cap).
     on_checkpoint: saves a state; called every ``checkpoint_every`` steps and at the end.
     checkpoint_every: steps between checkpoints.
-    **step_kwargs: the keyword-only arguments of ``train_step``.
+    **step_kwargs: the other keyword-only arguments of ``train_step``.
 
   Returns:
     The final state and what stopped it.
   """
-  run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, **step_kwargs),
+  run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, stop=stop, **step_kwargs),
                 donate_argnums=0)
   step = last_checkpoint = int(jax.device_get(state.step))
-  accuracy, seconds = float("nan"), 0.0
+  accuracy, seconds = None, 0.0
   while int(jax.device_get(state.stop_reason)) == RUNNING:
     start = time.perf_counter()
     window = []
@@ -213,7 +224,7 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, log_every: in
     on_metrics({"step": int(step), "loss": float(metrics["loss"][active].mean()),
                 "train_accuracy": accuracy, "streak": int(streak), "steps_per_sec": steps_per_sec,
                 # An upper bound: the accuracy rule may stop the run before the step cap.
-                "eta_seconds": (step_kwargs["stop"].max_steps - int(step)) / steps_per_sec})
+                "eta_seconds": (stop.max_steps - int(step)) / steps_per_sec})
     step = int(step)
     if step - last_checkpoint >= checkpoint_every:
       on_checkpoint(state)

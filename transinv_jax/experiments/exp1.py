@@ -149,14 +149,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  "to go)", record)
 
   t = config.train
+  sampler = locations.make_sampler(d.train_location, d.canvas_size, d.item_size, d.fixed_centre)
   result = train.train_loop(
-      state, train_items, data_key, log_every=t.log_every, scan_steps=t.scan_steps,
-      on_metrics=on_metrics,
-      on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every, render=render,
-      sampler=locations.make_sampler(d.train_location, d.canvas_size, d.item_size,
-                                     d.fixed_centre),
-      batch_size=t.batch_size,
-      stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps), mesh=mesh)
+      state, train_items, data_key,
+      stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps),
+      log_every=t.log_every, scan_steps=t.scan_steps, on_metrics=on_metrics,
+      on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every,
+      render=render, sampler=sampler, batch_size=t.batch_size, mesh=mesh)
   ckpts.wait()
   ckpts.close()
 
