@@ -31,6 +31,9 @@ setuptools.setup(
             "pytest>=8",
             # tfds.load and tfds.testing.mock_data need TensorFlow; CPU build only.
             "tensorflow-cpu>=2.16",
+            # Numerical references (padding modes, BlurPool, weight import parity). Pinned: this
+            # exact CPU build is what the machines here install offline.
+            "torch==2.13.0",
         ],
         # TFDS loading (tfds.load) needs TensorFlow; users with internet install this.
         "tfds": ["tensorflow-cpu>=2.16"],

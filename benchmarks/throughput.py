@@ -8,6 +8,10 @@ the step), Adam, ``--dtype`` compute (default: bf16 on GPU/TPU, fp32 on CPU). Sw
 ``evaluate.shift_sweep`` over the 19x19 paper grid (canvases made on the device). Timings exclude
 compilation. At the paper's sizes the JSON includes the peer figures of DESIGN.md (one H100, bf16)
 and our ratio to each; compare ratios only when ``device`` is an H100.
+
+``--variants`` also times VGG16 with full padding (Kayhan & van Gemert), with MaxBlurPool (Zhang),
+and with both, beside the plain one, and prints each one's ratio to the plain VGG16: the model zoo's
+knobs must stay on the fast path.
 """
 
 import argparse
@@ -21,7 +25,6 @@ import numpy as np
 
 from transinv_jax import evaluate, models, sharding, train
 from transinv_jax.data import canvas, locations
-from transinv_jax.models import vgg
 
 # DESIGN.md, one H100, bf16, VGG16 at 224x224, batch 128.
 PEERS = {
@@ -41,29 +44,19 @@ def _time(fn, repeats: int) -> float:
   return (time.perf_counter() - start) / repeats
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--width", type=float, default=1.0)
-  parser.add_argument("--canvas", type=int, default=224)
-  parser.add_argument("--item", type=int, default=50)
-  parser.add_argument("--batch", type=int, default=128)
-  parser.add_argument("--steps", type=int, default=20, help="timed training steps")
-  parser.add_argument("--sweep_items", type=int, default=256, help="test items in the sweep")
-  parser.add_argument("--items_per_batch", type=int, default=32)
-  parser.add_argument("--centres_per_chunk", type=int, default=19)
-  parser.add_argument("--dtype", default="auto")
-  args = parser.parse_args()
+VARIANTS = {
+    "plain": {},
+    "full_padding": {"padding": "full"},
+    "blurpool": {"pooling": "blur", "blur_size": 3},
+    "full_padding_blurpool": {"padding": "full", "pooling": "blur", "blur_size": 3},
+}
 
-  mesh = sharding.make_mesh()
-  platform = jax.default_backend()
-  dtype = models.compute_dtype(args.dtype, platform)
-  rng = np.random.default_rng(0)
-  items = jax.device_put(
-      train.Items(images=jnp.asarray(rng.integers(0, 256, (1024, args.item, args.item, 1),
-                                                  dtype=np.uint8)),
-                  labels=jnp.asarray(rng.integers(0, 10, 1024), jnp.int32)),
-      sharding.replicated(mesh))
-  model = vgg.VGG16(num_classes=10, width=args.width, dtype=dtype)
+
+def time_training(model_knobs: dict, args, items, mesh, dtype):
+  """Seconds per training step of VGG16 with ``model_knobs``; also the state, model and render."""
+  config = models.default_config()
+  config.update(width=args.width, dtype=args.dtype, **model_knobs)
+  model = models.build_model(config, 10, jax.default_backend())
   mean, std = canvas.canvas_stats(items.images, args.canvas, 3)
   render = functools.partial(canvas.render, canvas_size=args.canvas, mean=mean, std=std,
                              channels=3, dtype=dtype)
@@ -80,13 +73,40 @@ def main():
     holder[0], metrics = step(holder[0], items, key)
     return metrics
 
-  seconds_per_step = _time(train_once, args.steps)
+  return _time(train_once, args.steps), holder[0], model, render
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--width", type=float, default=1.0)
+  parser.add_argument("--canvas", type=int, default=224)
+  parser.add_argument("--item", type=int, default=50)
+  parser.add_argument("--batch", type=int, default=128)
+  parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+  parser.add_argument("--sweep_items", type=int, default=256, help="test items in the sweep")
+  parser.add_argument("--items_per_batch", type=int, default=32)
+  parser.add_argument("--centres_per_chunk", type=int, default=19)
+  parser.add_argument("--dtype", default="auto")
+  parser.add_argument("--variants", action="store_true",
+                      help="also time full padding, BlurPool and both, beside the plain VGG16")
+  args = parser.parse_args()
+
+  mesh = sharding.make_mesh()
+  platform = jax.default_backend()
+  dtype = models.compute_dtype(args.dtype, platform)
+  rng = np.random.default_rng(0)
+  items = jax.device_put(
+      train.Items(images=jnp.asarray(rng.integers(0, 256, (1024, args.item, args.item, 1),
+                                                  dtype=np.uint8)),
+                  labels=jnp.asarray(rng.integers(0, 10, 1024), jnp.int32)),
+      sharding.replicated(mesh))
+  seconds_per_step, state, model, render = time_training({}, args, items, mesh, dtype)
 
   axis = locations.paper_axis(args.canvas, args.item)
   centres = locations.grid_centres(axis, axis)
   test = jax.tree.map(lambda x: x[:args.sweep_items], items)
   sweep = functools.partial(
-      evaluate.shift_sweep, holder[0].params, centres=centres, num_classes=10, mesh=mesh,
+      evaluate.shift_sweep, state.params, centres=centres, num_classes=10, mesh=mesh,
       classify=lambda p, x: model.apply({"params": p}, x)[0], render=render,
       items_per_batch=args.items_per_batch, centres_per_chunk=args.centres_per_chunk)
   sweep(items=jax.tree.map(lambda x: x[:args.items_per_batch], items))  # compile
@@ -107,6 +127,15 @@ def main():
       "sweep_canvases": int(test.num_items * len(centres)),
       "sweep_canvases_per_sec": test.num_items * len(centres) / sweep_seconds,
   }
+  if args.variants:
+    result["variants_train_img_per_sec"] = {"plain": result["train_img_per_sec"]}
+    for name, knobs in VARIANTS.items():
+      if knobs:
+        seconds = time_training(knobs, args, items, mesh, dtype)[0]
+        result["variants_train_img_per_sec"][name] = args.batch / seconds
+    result["variants_ratio_to_plain"] = {
+        name: value / result["train_img_per_sec"]
+        for name, value in result["variants_train_img_per_sec"].items()}
   if (args.width, args.canvas, args.item, args.batch) == (1.0, 224, 50, 128):
     result["peers_h100_bf16"] = PEERS
     result["ratio_to_peers"] = {

@@ -22,6 +22,8 @@ the default here; ``--config.train.learning_rate=1e-3`` gives the paper's text.
 
 import ml_collections
 
+from transinv_jax import models
+
 DATASETS = ("mnist", "fashion_mnist", "kmnist", "emnist_letters", "leek10", "leek2")
 
 
@@ -52,11 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.train_location = "leftmost_centred"  # or "fully_translated", "fixed"
   config.data.fixed_centre = (25, 112)  # (x, y), used when train_location == "fixed"
 
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "vgg16"
-  config.model.width = 1.0              # multiplier on every conv and hidden width
-  config.model.dropout = 0.5            # torchvision's classifier dropout
-  config.model.dtype = "auto"           # bfloat16 on GPU/TPU, float32 on CPU
+  config.model = models.default_config()  # a plain VGG16; see transinv_jax/models/__init__.py
 
   config.train = ml_collections.ConfigDict()
   config.train.learning_rate = 1e-4     # the authors' code; the paper's text says 1e-3 (see above)

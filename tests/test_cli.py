@@ -34,7 +34,7 @@ def smoke_run(tmp_path_factory, shared_data_dir):
 def test_smoke_run_writes_every_output(smoke_run):
   workdir, _ = smoke_run
   for name in ("config.json", "metrics.jsonl", "sweep.npz", "heatmap.png",
-               "heatmap_interpolated.png", "heatmap_per_class.png", "export/params.npz", "export/config.json",
+               "heatmap_interpolated.png", "heatmap_per_class.png", "export/variables.npz", "export/config.json",
                "summary.json", "checkpoints/400"):
     assert (workdir / name).exists(), name
   summary = json.loads((workdir / "summary.json").read_text())

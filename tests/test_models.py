@@ -89,3 +89,17 @@ def test_too_small_input_is_refused():
   model = vgg.VGG16(num_classes=3, width=1 / 16)
   with pytest.raises(ValueError, match="at least 32 px"):
     jax.eval_shape(model.init, jax.random.key(0), jnp.ones((1, 16, 16, 3)))
+
+
+@pytest.mark.parametrize("size", [1, 2, 5, 7, 9, 14])
+def test_adaptive_avg_pool_matches_torch_bins(size):
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  out = np.asarray(vgg.adaptive_avg_pool(x, (7, 7)))
+  assert out.shape == (2, 7, 7, 3)
+  # PyTorch's bins: [floor(i * n / 7), ceil((i + 1) * n / 7)).
+  for i in range(7):
+    for j in range(7):
+      r0, r1 = (i * size) // 7, -(-((i + 1) * size) // 7)
+      c0, c1 = (j * (size + 1)) // 7, -(-((j + 1) * (size + 1)) // 7)
+      np.testing.assert_allclose(out[:, i, j], np.asarray(x[:, r0:r1, c0:c1]).mean((1, 2)),
+                                 rtol=1e-5, atol=1e-6)

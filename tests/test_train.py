@@ -104,14 +104,14 @@ def test_checkpoint_round_trip_and_corruption(setup, tmp_path):
 
 def test_export_loads_without_orbax(setup, tmp_path):
   state = setup[1]()
-  checkpoints.export_params(tmp_path / "export", state.params, {"seed": 3})
-  params, config = checkpoints.load_exported(tmp_path / "export")
+  checkpoints.export_variables(tmp_path / "export", state.variables, {"seed": 3})
+  variables, config = checkpoints.load_exported(tmp_path / "export")
   assert config == {"seed": 3}
-  assert jax.tree.structure(params) == jax.tree.structure(jax.device_get(state.params))
-  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+  assert jax.tree.structure(variables) == jax.tree.structure(jax.device_get(state.variables))
+  for a, b in zip(jax.tree.leaves(state.variables), jax.tree.leaves(variables)):
     np.testing.assert_array_equal(a, b)
-  with np.load(tmp_path / "export" / "params.npz") as f:  # plain numpy reads it
-    assert "conv1_1/kernel" in f.files
+  with np.load(tmp_path / "export" / "variables.npz") as f:  # plain numpy reads it
+    assert "params/conv1_1/kernel" in f.files
   with pytest.raises(checkpoints.CheckpointError, match="not found"):
     checkpoints.load_exported(tmp_path / "missing")
 

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state, and a params export that loads without orbax."""
+"""Orbax checkpoints of the train state, and an export of the model variables that loads without
+orbax."""
 
 import json
 import pathlib
@@ -11,7 +12,7 @@ import orbax.checkpoint as ocp
 
 from transinv_jax import workdir as workdir_lib
 
-PARAMS_FILE = "params.npz"
+VARIABLES_FILE = "variables.npz"
 CONFIG_FILE = "config.json"
 
 
@@ -58,36 +59,39 @@ class Checkpoints:
     self._manager.close()
 
 
-def export_params(directory: pathlib.Path, params: Any, config: dict) -> pathlib.Path:
-  """Writes ``params.npz`` (flat ``"a/b/c"`` keys, float32) and ``config.json`` to ``directory``.
+def export_variables(directory: pathlib.Path, variables: Any, config: dict) -> pathlib.Path:
+  """Writes ``variables.npz`` and ``config.json`` to ``directory``.
 
-  The export needs only numpy to read (``np.load``); ``load_exported`` rebuilds the nested tree.
+  The arrays are stored float32 under flat keys ``"collection/layer/name"`` (e.g.
+  ``params/conv1_1/kernel``, ``batch_stats/bn1_1/mean``), so numpy alone reads them;
+  ``load_exported`` rebuilds the nested tree that ``model.apply`` takes.
   """
   directory = pathlib.Path(directory)
-  flat = flax.traverse_util.flatten_dict(jax.device_get(params), sep="/")
+  flat = flax.traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   if workdir_lib.is_writer():
-    workdir_lib.write_npz_atomic(directory / PARAMS_FILE,
+    workdir_lib.write_npz_atomic(directory / VARIABLES_FILE,
                                  **{k: np.asarray(v) for k, v in flat.items()})
     workdir_lib.write_json_atomic(directory / CONFIG_FILE, config)
   return directory
 
 
 def load_exported(directory: pathlib.Path) -> tuple[dict, dict]:
-  """Reads an ``export_params`` folder.
+  """Reads an ``export_variables`` folder.
 
   Args:
-    directory: folder holding ``params.npz`` and ``config.json``.
+    directory: folder holding ``variables.npz`` and ``config.json``.
 
   Returns:
-    ``(params, config)``: the nested params tree of numpy arrays and the run's config as a dict.
+    ``(variables, config)``: the nested variables (``{"params": ..., "batch_stats": ...}``) of
+    numpy arrays, and the run's config as a dict.
   """
   directory = pathlib.Path(directory)
-  params_path, config_path = directory / PARAMS_FILE, directory / CONFIG_FILE
-  for path in (params_path, config_path):
+  variables_path, config_path = directory / VARIABLES_FILE, directory / CONFIG_FILE
+  for path in (variables_path, config_path):
     if not path.is_file():
       raise CheckpointError(f"{path} not found: pass the 'export' folder of a finished run")
   try:
-    with np.load(params_path) as f:
+    with np.load(variables_path) as f:
       flat = {k: f[k] for k in f.files}
     config = json.loads(config_path.read_text())
   except Exception as e:

@@ -1,10 +1,12 @@
 """Checks a config before any work, so mistakes stop in a second with the key and the fix."""
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
-from transinv_jax.data import locations, sources
 from transinv_jax import models
-from transinv_jax.models import vgg
+from transinv_jax.data import locations, sources
+from transinv_jax.models import layers, vgg
 
 
 class ConfigError(ValueError):
@@ -23,7 +25,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
     config: a full run config (``data``, ``model``, ``train``, ``eval`` sections).
     num_devices: devices the batch is split over.
   """
-  data, model, train, ev = config.data, config.model, config.train, config.eval
+  data, train, ev = config.data, config.train, config.eval
   _require(data.dataset in sources.DATASETS,
            f"config.data.dataset={data.dataset!r} is not a known dataset; "
            f"use one of {', '.join(sources.DATASETS)}")
@@ -47,16 +49,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
              f"config.data.fixed_centre={tuple(data.fixed_centre)} puts the item (partly) off "
              f"the canvas: with canvas {data.canvas_size} and item {data.item_size}, both x and "
              f"y must lie in [{lo}, {hi}]")
-  _require(model.name in models.MODELS,
-           f"config.model.name={model.name!r}: use one of {', '.join(models.MODELS)}")
-  min_canvas = 2 ** len(vgg.STAGES.get(model.name, ()))
-  _require(data.canvas_size >= min_canvas,
-           f"config.data.canvas_size={data.canvas_size} is too small for {model.name}: its "
-           f"poolings need at least {min_canvas} px; make the canvas larger")
-  _require(model.width > 0, f"config.model.width={model.width}: must be positive")
-  _require(0 <= model.dropout < 1, f"config.model.dropout={model.dropout}: must be in [0, 1)")
-  _require(model.dtype in ("auto", "float32", "bfloat16", "float16"),
-           f"config.model.dtype={model.dtype!r}: use auto, float32, bfloat16 or float16")
+  _check_model(config)
   _require(train.learning_rate > 0,
            f"config.train.learning_rate={train.learning_rate}: must be positive")
   _require(train.batch_size > 0 and train.batch_size % num_devices == 0,
@@ -79,3 +72,49 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
            f"config.eval.items_per_batch={ev.items_per_batch} must be a positive multiple of "
            f"the {num_devices} devices")
   _require(ev.centres_per_chunk > 0, "config.eval.centres_per_chunk must be positive")
+
+
+def _check_model(config: ml_collections.ConfigDict) -> None:
+  """The model knobs, then an abstract build at the configured input size (no compute)."""
+  model, data = config.model, config.data
+  _require(model.name in models.MODELS,
+           f"config.model.name={model.name!r}: use one of {', '.join(models.MODELS)}")
+  _require(model.width > 0, f"config.model.width={model.width}: must be positive")
+  _require(0 <= model.dropout < 1, f"config.model.dropout={model.dropout}: must be in [0, 1)")
+  _require(model.dtype in ("auto", "float32", "bfloat16", "float16"),
+           f"config.model.dtype={model.dtype!r}: use auto, float32, bfloat16 or float16")
+  _require(model.padding in layers.PADDING_MODES,
+           f"config.model.padding={model.padding!r}: use one of {', '.join(layers.PADDING_MODES)}")
+  try:
+    overrides = models.parse_overrides(model.padding_overrides)
+  except ValueError as e:
+    raise ConfigError(f"config.model.padding_overrides: {e}") from None
+  if overrides:
+    convs = {f"conv{s}_{i}" for s, stage in enumerate(vgg.STAGES.get(model.name, ()), 1)
+             for i in range(1, len(stage) + 1)}
+    for layer, mode in overrides.items():
+      _require(layer in convs, f"config.model.padding_overrides names {layer!r}, which "
+               f"{model.name} does not have; per-layer overrides take VGG conv names such as "
+               "conv1_1")
+      _require(mode in layers.PADDING_MODES, f"config.model.padding_overrides: {layer}={mode}: "
+               f"use one of {', '.join(layers.PADDING_MODES)}")
+  pools = ("max", "blur") if model.name in models.RESNETS else models.POOLINGS
+  _require(model.pooling in pools,
+           f"config.model.pooling={model.pooling!r}: {model.name} takes {', '.join(pools)}")
+  _require(1 <= model.blur_size <= 7, f"config.model.blur_size={model.blur_size}: use 1..7")
+  _require(model.avg_pool_size >= 2 and model.avg_pool_size % 2 == 0,
+           f"config.model.avg_pool_size={model.avg_pool_size}: use an even size >= 2")
+  heads = {"vgg": ("default", "classifier", "gap", "gmp"), "res": ("default", "gap", "gmp")}
+  allowed = heads.get(model.name[:3], ("default",))
+  _require(model.head in allowed,
+           f"config.model.head={model.head!r}: {model.name} takes {', '.join(allowed)}")
+  # Build it abstractly at the configured input size: catches a canvas too small for the
+  # model's poolings (and any other shape mismatch) before any work.
+  shape = (1, data.canvas_size, data.canvas_size, data.channels)
+  try:
+    jax.eval_shape(models.build_model(model, 2).init, jax.random.key(0), jnp.zeros(shape))
+  except (ValueError, TypeError) as e:
+    raise ConfigError(
+        f"config.model ({model.name}, padding {model.padding}, pooling {model.pooling}) does "
+        f"not fit config.data.canvas_size={data.canvas_size}: {e}; make the canvas larger or "
+        "change the model") from None

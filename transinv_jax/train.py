@@ -49,14 +49,26 @@ class Items:
 
 
 class TrainState(train_state.TrainState):
-  """Flax's train state plus the stop rule's memory.
+  """Flax's train state plus BatchNorm statistics and the stop rule's memory.
 
   Attributes:
+    batch_stats: the model's ``batch_stats`` collection (running BatchNorm statistics); empty
+      for models without BatchNorm.
     streak: consecutive steps whose training accuracy reached the threshold.
     stop_reason: ``RUNNING``, ``STOP_ACCURACY`` or ``STOP_MAX_STEPS``.
   """
+  batch_stats: Any
   streak: jax.Array
   stop_reason: jax.Array
+
+  @property
+  def variables(self) -> dict:
+    """What ``model.apply`` takes: params, and batch_stats where the model has them."""
+    return model_variables(self.params, self.batch_stats)
+
+
+def model_variables(params: Any, batch_stats: Any) -> dict:
+  return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +102,7 @@ def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
   def init(key):
     variables = model.init({"params": key}, jnp.zeros((1, *input_shape), jnp.float32))
     state = TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                              batch_stats=variables.get("batch_stats", {}),
                               streak=jnp.int32(0), stop_reason=jnp.int32(RUNNING))
     # A strongly typed step keeps the state's signature fixed across calls (no recompiles).
     return state.replace(step=jnp.int32(0))
@@ -130,13 +143,15 @@ def train_step(state: TrainState, items: Items, key: jax.Array, *, render: Rende
   x = sharding.constrain_batch(x, mesh)
 
   def loss_fn(params):
-    logits, _ = state.apply_fn({"params": params}, x, train=True, rngs={"dropout": k_dropout})
+    variables = model_variables(params, state.batch_stats)
+    (logits, _), updates = state.apply_fn(variables, x, train=True, rngs={"dropout": k_dropout},
+                                          mutable=["batch_stats"])
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, logits
+    return loss, (logits, updates.get("batch_stats", {}))
 
-  (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  new = state.apply_gradients(grads=grads)
+  new = state.apply_gradients(grads=grads, batch_stats=batch_stats)
   streak = jnp.where(accuracy >= stop.threshold, state.streak + 1, 0).astype(jnp.int32)
   reason = jnp.where((stop.window > 0) & (streak >= stop.window), STOP_ACCURACY,
                      jnp.where(new.step >= stop.max_steps, STOP_MAX_STEPS, RUNNING))

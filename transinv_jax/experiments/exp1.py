@@ -8,7 +8,7 @@ config -> items (host, then device) -> train (canvases on the device) -> shift s
   sweep.npz             counts and accuracies per tested centre and class
   heatmap.png           the raw grid; heatmap_interpolated.png, over the canvas (figure 1C);
                         heatmap_per_class.png, one map per class
-  export/               params.npz + config.json, loadable without orbax
+  export/               variables.npz + config.json, loadable without orbax
   summary.json          written last: the run is complete once it exists
 """
 
@@ -162,15 +162,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Sweep every test item over the grid.
   axis = test_axes(config)
   start = time.perf_counter()
-  classify = lambda params, x: model.apply({"params": params}, x, train=False)[0]
+  classify = lambda variables, x: model.apply(variables, x, train=False)[0]
   sweep = evaluate.shift_sweep(
-      result.state.params, test_items, locations.grid_centres(axis, axis), classify=classify,
+      result.state.variables, test_items, locations.grid_centres(axis, axis), classify=classify,
       render=render, num_classes=test_set.num_classes, mesh=mesh,
       items_per_batch=config.eval.items_per_batch,
       centres_per_chunk=config.eval.centres_per_chunk)
   sweep_seconds = time.perf_counter() - start
   summary = write_results(config, workdir, result, sweep, axis, test_set, sweep_seconds)
-  checkpoints.export_params(workdir / "export", result.state.params, _config_json(config))
+  checkpoints.export_variables(workdir / "export", result.state.variables, _config_json(config))
   if workdir_lib.is_writer():
     workdir_lib.write_json_atomic(workdir / workdir_lib.SUMMARY, summary)
   logging.info("finished: %s", json.dumps(summary))

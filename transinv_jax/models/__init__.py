@@ -1,16 +1,45 @@
-"""Model zoo: every model is a Flax linen module returning ``(logits, intermediates)``."""
+"""Model zoo: every model is a Flax linen module returning ``(logits, intermediates)``.
 
+``build_model(config.model, num_classes)`` turns the config's knobs into one of them:
+
+  name        vgg11 | vgg13 | vgg16 | vgg19 | resnet18 | resnet34 | resnet50 | fcn | rook
+  padding     zeros | valid | full | circular | reflect | replicate   (every conv)
+  padding_overrides  "conv1_1=full,conv5_3=valid"   (VGG: per layer)
+  pooling     max | avg | blur | aps        (VGG: every 2x2 max pool; ResNet: max | blur)
+  blur_size   1..7, the binomial filter of BlurPool / MaxBlurPool / APS (1 = no blur)
+  avg_pool_size  the average pool's window (Azulay & Weiss: 6)
+  batch_norm  VGG with BatchNorm (ResNets always have it)
+  head        default | classifier | gap | gmp
+"""
+
+import functools
+
+import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from transinv_jax.models import vgg
+from transinv_jax.models import layers, resnet, small, vgg
 
-MODELS = {
-    "vgg11": vgg.VGG11,
-    "vgg13": vgg.VGG13,
-    "vgg16": vgg.VGG16,
-    "vgg19": vgg.VGG19,
-}
+MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "fcn", "rook")
+POOLINGS = ("max", "avg", "blur", "aps")
+RESNETS = {"resnet18": resnet.ResNet18, "resnet34": resnet.ResNet34, "resnet50": resnet.ResNet50}
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The ``config.model`` section with every knob at its default (a plain VGG16)."""
+  config = ml_collections.ConfigDict()
+  config.name = "vgg16"
+  config.width = 1.0              # multiplier on every conv and hidden width
+  config.dropout = 0.5            # VGG classifier dropout (torchvision's)
+  config.dtype = "auto"           # bfloat16 on GPU/TPU, float32 on CPU
+  config.padding = "zeros"        # zeros | valid | full | circular | reflect | replicate
+  config.padding_overrides = ""   # VGG, per layer: "conv1_1=full,conv5_3=valid"
+  config.pooling = "max"          # max | avg | blur | aps   (ResNets: max | blur)
+  config.blur_size = 3            # binomial filter size for blur / aps, 1..7 (1 = none)
+  config.avg_pool_size = 6        # pooling="avg": Azulay & Weiss' 6x6 average pool
+  config.batch_norm = False       # VGG-BN (ResNets always use BatchNorm)
+  config.head = "default"         # default | classifier | gap | gmp
+  return config
 
 
 def compute_dtype(name: str, platform: str) -> jnp.dtype:
@@ -20,20 +49,66 @@ def compute_dtype(name: str, platform: str) -> jnp.dtype:
   return jnp.dtype(name)
 
 
-def build_model(config: ml_collections.ConfigDict, num_classes: int, platform: str = "cpu"):
+def parse_overrides(spec: str) -> dict[str, str]:
+  """``"conv1_1=full, conv5_3=valid"`` -> ``{"conv1_1": "full", "conv5_3": "valid"}``."""
+  pairs = [p.strip() for p in spec.split(",") if p.strip()]
+  if any(p.count("=") != 1 for p in pairs):
+    raise ValueError(f"padding overrides {spec!r}: write layer=mode pairs, comma separated")
+  return dict(tuple(s.strip() for s in p.split("=")) for p in pairs)
+
+
+def vgg_pool(config: ml_collections.ConfigDict) -> layers.PoolFn:
+  """The downsampling that ends each VGG stage.
+
+  ``avg`` is Azulay & Weiss' replacement of each 2x2 max pool by a k x k average pool: stride 2 and
+  padding (k - 2) / 2 keep every feature map exactly half the size (so VGG16's classifier sees
+  7x7 at 224), and padded cells are left out of the average, as TF/Keras "same" pooling does.
+  """
+  if config.pooling == "max":
+    return layers.max_pool
+  if config.pooling == "avg":
+    k = config.avg_pool_size
+    return functools.partial(layers.avg_pool, window=k, stride=2, padding=(k - 2) // 2,
+                             count_include_pad=False)
+  if config.pooling == "blur":
+    return functools.partial(layers.max_blur_pool, size=config.blur_size)
+  if config.pooling == "aps":
+    return functools.partial(layers.aps_max_pool, blur_size=config.blur_size)
+  raise ValueError(f"unknown pooling {config.pooling!r}; use one of {POOLINGS}")
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int,
+                platform: str = "cpu") -> nn.Module:
   """The module that ``config`` (a ``config.model`` section) describes.
 
   Args:
-    config: ``name`` (one of ``MODELS``), ``width``, ``dropout``, ``dtype``.
+    config: the ``config.model`` section (see the module docstring).
     num_classes: size of the last layer.
     platform: ``jax.default_backend()``, to resolve ``dtype="auto"``.
 
   Returns:
     An unbound Flax module; ``init``/``apply`` it with ``x`` and ``train=``.
   """
-  return MODELS[config.name](
-      num_classes=num_classes,
-      width=config.width,
-      dropout_rate=config.dropout,
-      dtype=compute_dtype(config.dtype, platform),
-  )
+  dtype = compute_dtype(config.dtype, platform)
+  conv = functools.partial(layers.Conv, padding=config.padding)
+  head = None if config.head == "default" else config.head
+  if config.name in vgg.STAGES:
+    return vgg.VGG(
+        stages=vgg.STAGES[config.name], num_classes=num_classes, width=config.width,
+        dropout_rate=config.dropout, head=head or "classifier",
+        conv=functools.partial(conv, kernel_size=3),
+        padding_overrides=parse_overrides(config.padding_overrides),
+        norm=resnet.BatchNorm if config.batch_norm else None, pool=vgg_pool(config),
+        dtype=dtype)
+  if config.name in RESNETS:
+    if config.pooling not in ("max", "blur"):
+      raise ValueError(f"ResNets take pooling max or blur, not {config.pooling!r}")
+    return RESNETS[config.name](
+        num_classes=num_classes, width=config.width, conv=conv, head=head or "gap",
+        blur_size=config.blur_size if config.pooling == "blur" else 0, dtype=dtype)
+  if config.name == "fcn":
+    return small.FCN(num_classes=num_classes, width=config.width, dtype=dtype)
+  if config.name == "rook":
+    return small.RookNet(num_classes=num_classes, width=config.width,
+                         conv=functools.partial(conv, kernel_size=5), dtype=dtype)
+  raise ValueError(f"unknown model {config.name!r}; use one of {MODELS}")

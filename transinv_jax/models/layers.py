@@ -1,36 +1,297 @@
 """Building blocks that models take as injected callables: convolutions and pooling.
 
 Blocks never pick their own conv or pool: a model receives ``conv`` (a Flax module class, usually a
-``functools.partial`` of ``nn.Conv``) and ``pool`` (a function of ``x``), so padding modes and
+``functools.partial`` of ``Conv``) and ``pool`` (a function of ``x``), so padding modes and
 anti-aliased downsampling plug in without touching the model definitions.
+
+Everything here works on ``[batch, height, width, channels]`` arrays and follows PyTorch's semantics
+(``nn.Conv2d`` padding modes, ``MaxPool2d``, ``AvgPool2d``) and the peers' reference code: Zhang's
+BlurPool and Chaman & Dokmanic's adaptive polyphase sampling (APS).
 """
 
 import functools
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 ModuleDef = Any
 PoolFn = Callable[[jax.Array], jax.Array]
 
+PADDING_MODES = ("zeros", "valid", "full", "circular", "reflect", "replicate")
+# PyTorch padding mode -> jnp.pad mode.
+_PAD_MODES = {"zeros": "constant", "circular": "wrap", "reflect": "reflect", "replicate": "edge"}
+_APS_NORMS = ("l2", "l1", "linf")
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
 # torchvision's VGG/ResNet initialisation: Kaiming normal, fan_out, ReLU gain; zero bias.
 kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
-Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), padding="SAME",
-                            kernel_init=kaiming_normal_fan_out)
 
+def pad(x: jax.Array, pad_h: tuple[int, int], pad_w: tuple[int, int], mode: str) -> jax.Array:
+  """Pads the spatial axes of ``[batch, height, width, channels]`` as ``torch.nn.functional.pad``.
 
-def max_pool(x: jax.Array, window: int = 2, stride: int = 2) -> jax.Array:
-  """Max pooling over ``[batch, height, width, channels]``, no padding (floor, as PyTorch).
+  Args:
+    x: input, ``[batch, height, width, channels]``.
+    pad_h: rows added (top, bottom).
+    pad_w: columns added (left, right).
+    mode: ``zeros``, ``circular``, ``reflect`` (edge not repeated) or ``replicate``.
 
-  A non-overlapping pool is written as a reshape and a max: XLA's ``select_and_scatter`` backward
-  of ``reduce_window`` is a known slow path on GPU.
+  Returns:
+    ``[batch, height + sum(pad_h), width + sum(pad_w), channels]``.
   """
-  if window != stride:
-    return nn.max_pool(x, (window, window), strides=(stride, stride), padding="VALID")
+  if mode not in _PAD_MODES:
+    raise ValueError(f"unknown pad mode {mode!r}; expected one of {tuple(_PAD_MODES)}")
+  return jnp.pad(x, ((0, 0), tuple(pad_h), tuple(pad_w), (0, 0)), mode=_PAD_MODES[mode])
+
+
+def conv_padding(kernel_size: int, mode: str) -> tuple[int, int]:
+  """Per-side padding of a ``kernel_size`` convolution with padding ``mode``.
+
+  Args:
+    kernel_size: spatial size of the (square) kernel.
+    mode: one of ``PADDING_MODES``. ``valid`` pads nothing; ``full`` pads ``k - 1`` on each side
+      (Kayhan & van Gemert's full convolution: every output sees the border); the rest pad
+      ``k // 2``, as PyTorch's ``padding=k // 2`` (size kept for odd ``k``).
+
+  Returns:
+    ``(before, after)``, the same for both spatial axes.
+  """
+  if mode not in PADDING_MODES:
+    raise ValueError(f"unknown padding {mode!r}; expected one of {PADDING_MODES}")
+  if mode == "valid":
+    return 0, 0
+  if mode == "full":
+    return kernel_size - 1, kernel_size - 1
+  return kernel_size // 2, kernel_size // 2
+
+
+class Conv(nn.Module):
+  """2-D convolution with a padding mode, as ``torch.nn.Conv2d``.
+
+  Params are ``kernel`` ``[kh, kw, in, out]`` and ``bias`` ``[out]``: the same names and layout as
+  ``flax.linen.Conv``, so checkpoints and weight import do not care which is used.
+
+  Attributes:
+    features: output channels.
+    kernel_size: spatial size of the square kernel.
+    strides: stride on both spatial axes.
+    padding: one of ``PADDING_MODES`` (see ``conv_padding``).
+    use_bias: whether to add a bias.
+    dtype: compute dtype (parameters stay float32).
+    kernel_init: kernel initialiser.
+    bias_init: bias initialiser.
+  """
+  features: int
+  kernel_size: int = 3
+  strides: int = 1
+  padding: str = "zeros"
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Callable = kaiming_normal_fan_out
+  bias_init: Callable = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Convolves ``[batch, height, width, in]`` into ``[batch, height', width', features]``."""
+    k = self.kernel_size
+    edges = conv_padding(k, self.padding)
+    kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features),
+                        jnp.float32)
+    bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    if self.padding in ("zeros", "valid", "full"):
+      conv_pad = (edges, edges)  # zero padding is the conv's own
+    else:
+      x = pad(x, edges, edges, self.padding)
+      conv_pad = ((0, 0), (0, 0))
+    y = lax.conv_general_dilated(x, kernel, (self.strides, self.strides), conv_pad,
+                                 dimension_numbers=_NHWC)
+    return y if bias is None else y + bias
+
+
+Conv3x3 = functools.partial(Conv, kernel_size=3)
+
+
+def max_pool(x: jax.Array, window: int = 2, stride: int = 2, padding: int = 0) -> jax.Array:
+  """Max pooling over ``[batch, height, width, channels]`` as ``torch.nn.MaxPool2d``.
+
+  Pads with -inf and drops incomplete windows (floor mode). A non-overlapping unpadded pool is
+  written as a reshape and a max: XLA's ``select_and_scatter`` backward of ``reduce_window`` is a
+  known slow path on GPU.
+
+  Args:
+    x: input, ``[batch, height, width, channels]``.
+    window: pooling window size.
+    stride: pooling stride.
+    padding: -inf rows/columns added on each side.
+
+  Returns:
+    ``[batch, (height + 2 * padding - window) // stride + 1, (width ...) ..., channels]``.
+  """
+  if window != stride or padding:
+    return nn.max_pool(x, (window, window), strides=(stride, stride),
+                       padding=((padding, padding), (padding, padding)))
   b, h, w, c = x.shape
   h, w = h // window * window, w // window * window
   x = x[:, :h, :w, :].reshape(b, h // window, window, w // window, window, c)
   return x.max(axis=(2, 4))
+
+
+def avg_pool(x: jax.Array, window: int = 2, stride: int = 2, padding: int = 0,
+             count_include_pad: bool = True) -> jax.Array:
+  """Average pooling over ``[batch, height, width, channels]`` as ``torch.nn.AvgPool2d``.
+
+  Args:
+    x: input, ``[batch, height, width, channels]``.
+    window: pooling window size.
+    stride: pooling stride.
+    padding: zero rows/columns added on each side.
+    count_include_pad: divide by ``window ** 2`` (True) or by the unpadded elements in the window.
+
+  Returns:
+    ``[batch, (height + 2 * padding - window) // stride + 1, (width ...) ..., channels]``.
+  """
+  return nn.avg_pool(x, (window, window), strides=(stride, stride),
+                     padding=((padding, padding), (padding, padding)),
+                     count_include_pad=count_include_pad)
+
+
+def binomial_filter(size: int) -> np.ndarray:
+  """Zhang's low-pass filter: outer product of binomial row ``size - 1``, normalised to sum 1.
+
+  Args:
+    size: taps per axis, 1 to 7.
+
+  Returns:
+    float32 ``[size, size]``.
+  """
+  if not 1 <= size <= 7:
+    raise ValueError(f"blur filter size must be in 1..7, got {size}")
+  row = np.array([math.comb(size - 1, i) for i in range(size)], np.float64)
+  return (np.outer(row, row) / row.sum() ** 2).astype(np.float32)  # exact: sum is 4 ** (size-1)
+
+
+def _depthwise(x: jax.Array, filt: np.ndarray, stride: int) -> jax.Array:
+  """Unpadded convolution of every channel of ``x`` with the same 2-D filter."""
+  c = x.shape[-1]
+  kernel = jnp.broadcast_to(jnp.asarray(filt, x.dtype)[:, :, None, None], filt.shape + (1, c))
+  return lax.conv_general_dilated(x, kernel, (stride, stride), "VALID", dimension_numbers=_NHWC,
+                                  feature_group_count=c)
+
+
+def blur_pool(x: jax.Array, size: int = 3, stride: int = 2, pad_mode: str = "reflect") -> jax.Array:
+  """Zhang's BlurPool: binomial low-pass filter, then subsampling.
+
+  Args:
+    x: input, ``[batch, height, width, channels]``.
+    size: blur filter size, 1 to 7; 1 is plain subsampling (no padding), as Zhang's code.
+    stride: subsampling factor.
+    pad_mode: ``reflect``, ``replicate``, ``zeros`` or ``circular``; ``(size - 1) // 2`` before and
+      the rest after, on both spatial axes.
+
+  Returns:
+    ``[batch, ceil(height / stride), ceil(width / stride), channels]``.
+  """
+  filt = binomial_filter(size)  # validates size
+  if size == 1:
+    return x[:, ::stride, ::stride, :]
+  edges = ((size - 1) // 2, size // 2)
+  return _depthwise(pad(x, edges, edges, pad_mode), filt, stride)
+
+
+def _max_2x2_stride_1(x: jax.Array) -> jax.Array:
+  """``torch.nn.MaxPool2d(2, 1)``: ``[b, h, w, c]`` -> ``[b, h - 1, w - 1, c]``.
+
+  A max of four shifted views: elementwise, so its backward avoids ``select_and_scatter``.
+  """
+  return jnp.maximum(jnp.maximum(x[:, :-1, :-1], x[:, :-1, 1:]),
+                     jnp.maximum(x[:, 1:, :-1], x[:, 1:, 1:]))
+
+
+def max_blur_pool(x: jax.Array, size: int = 3, pad_mode: str = "reflect") -> jax.Array:
+  """Zhang's MaxBlurPool: 2x2 max at stride 1 (no padding), then ``blur_pool`` at stride 2.
+
+  Args:
+    x: input, ``[batch, height, width, channels]``.
+    size: blur filter size, 1 to 7.
+    pad_mode: padding of the blur (see ``blur_pool``).
+
+  Returns:
+    ``[batch, ceil((height - 1) / 2), ceil((width - 1) / 2), channels]``.
+  """
+  return blur_pool(_max_2x2_stride_1(x), size, 2, pad_mode)
+
+
+def aps_downsample(x: jax.Array, stride: int = 2, norm: str = "l2",
+                   blur_size: int = 1) -> jax.Array:
+  """Adaptive polyphase sampling (Chaman & Dokmanic 2021), stride 2.
+
+  Odd sizes are first padded circularly by one row at the bottom / column at the right. Of the
+  four polyphase components ``x[:, i::2, j::2]``, each sample keeps the one with the largest norm
+  over (height, width, channels); ties go to the lowest ``2 * i + j``. With ``blur_size > 1`` the
+  component is taken from the input blurred at stride 1 with circular padding, but chosen on the
+  unblurred input.
+
+  Args:
+    x: input, ``[batch, height, width, channels]``.
+    stride: must be 2.
+    norm: ``l2``, ``l1`` or ``linf``.
+    blur_size: binomial blur filter size, 1 (no blur) to 7.
+
+  Returns:
+    ``[batch, ceil(height / 2), ceil(width / 2), channels]``.
+  """
+  if stride != 2:
+    raise ValueError(f"APS is implemented for stride 2 only, got {stride}")
+  if norm not in _APS_NORMS:
+    raise ValueError(f"unknown APS norm {norm!r}; expected one of {_APS_NORMS}")
+  source = blur_pool(x, blur_size, 1, "circular") if blur_size > 1 else x
+  even = (0, x.shape[1] % 2), (0, x.shape[2] % 2)
+  x, source = pad(x, *even, "circular"), pad(source, *even, "circular")
+  b, h, w, c = x.shape
+  # [b, h/2, 2, w/2, 2, c]: axes 2 and 4 are the row and column phases.
+  a = jnp.abs(x.astype(jnp.float32)).reshape(b, h // 2, 2, w // 2, 2, c)
+  if norm == "l2":
+    norms = jnp.sum(a * a, axis=(1, 3, 5))  # squared: same argmax, no sqrt rounding
+  elif norm == "l1":
+    norms = jnp.sum(a, axis=(1, 3, 5))
+  else:
+    norms = jnp.max(a, axis=(1, 3, 5))
+  phase = jnp.argmax(norms.reshape(b, 4), axis=1)  # first maximum on ties
+  components = [source[:, i::2, j::2, :] for i in (0, 1) for j in (0, 1)]
+  # An elementwise select (no gather), so it fuses and differentiates cheaply.
+  which = jnp.broadcast_to(phase[:, None, None, None], components[0].shape)
+  return lax.select_n(which, *components)
+
+
+def aps_max_pool(x: jax.Array, norm: str = "l2", blur_size: int = 1) -> jax.Array:
+  """APS replacement of a 2x2 / stride 2 max pool.
+
+  A 2x2 max at stride 1 over the input padded circularly (one row at the bottom, one column at
+  the right, so the size is kept and circular shifts commute with it), then ``aps_downsample``.
+
+  Args:
+    x: input, ``[batch, height, width, channels]``.
+    norm: ``l2``, ``l1`` or ``linf`` (see ``aps_downsample``).
+    blur_size: binomial blur filter size, 1 (no blur) to 7.
+
+  Returns:
+    ``[batch, ceil(height / 2), ceil(width / 2), channels]``.
+  """
+  return aps_downsample(_max_2x2_stride_1(pad(x, (0, 1), (0, 1), "circular")), 2, norm, blur_size)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """Mean over the spatial axes: ``[batch, height, width, channels]`` -> ``[batch, channels]``."""
+  return x.mean(axis=(1, 2))
+
+
+def global_max_pool(x: jax.Array) -> jax.Array:
+  """Max over the spatial axes: ``[batch, height, width, channels]`` -> ``[batch, channels]``."""
+  return x.max(axis=(1, 2))
