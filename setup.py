@@ -34,7 +34,10 @@ setuptools.setup(
             # Numerical references (padding modes, BlurPool, weight import parity). Pinned: this
             # exact CPU build is what the machines here install offline.
             "torch==2.13.0",
+            "h5py",
         ],
+        # Keras VGG16 .h5 weights (config.model.pretrained=....h5).
+        "keras": ["h5py"],
         # TFDS loading (tfds.load) needs TensorFlow; users with internet install this.
         "tfds": ["tensorflow-cpu>=2.16"],
     },

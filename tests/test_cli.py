@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, subprocess_env, tiny_config
-from transinv_jax import config_checks
+from transinv_jax import checkpoints, config_checks
 from transinv_jax.data import sources
 from transinv_jax.experiments import exp1
 
@@ -145,3 +145,24 @@ def test_tfds_source_end_to_end(tmp_path):
   assert summary["steps"] == 10 and summary["test_items"] == 40
   with np.load(tmp_path / "run" / "sweep.npz") as sweep:
     assert sweep["accuracy"].shape == (3, 3) and sweep["totals"].sum() == 40
+
+
+def test_export_to_torchvision(smoke_run, tmp_path):
+  import torch  # pylint: disable=g-import-not-at-top
+  workdir, _ = smoke_run
+  out = tmp_path / "vgg16.pth"
+  proc = subprocess.run([sys.executable, "-m", "transinv_jax.export", f"--workdir={workdir}",
+                         f"--out={out}"], cwd=REPO_ROOT, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  state_dict = torch.load(out)
+  variables, _ = checkpoints.load_exported(workdir / "export")
+  # torchvision's names; conv weights OIHW.
+  assert list(state_dict)[:2] == ["features.0.weight", "features.0.bias"]
+  assert "classifier.6.weight" in state_dict
+  np.testing.assert_array_equal(state_dict["features.0.weight"].numpy(),
+                                variables["params"]["conv1_1"]["kernel"].transpose(3, 2, 0, 1))
+  proc = subprocess.run([sys.executable, "-m", "transinv_jax.export",
+                         f"--workdir={tmp_path / 'none'}", f"--out={out}"], cwd=REPO_ROOT,
+                        env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1 and "not found" in proc.stderr

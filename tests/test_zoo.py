@@ -11,6 +11,7 @@ import pytest
 from conftest import tiny_config
 from transinv_jax import config_checks, models, sharding, train
 from transinv_jax.data import canvas, locations
+from transinv_jax.experiments import exp1
 
 
 def model_config(**knobs):
@@ -109,3 +110,38 @@ def test_padding_override_reaches_the_layer():
   (_, out), _ = jax.eval_shape(model.init_with_output, jax.random.key(0), jnp.ones((1, 64, 64, 3)))
   assert out["conv1_1"].shape[1:3] == (66, 66)   # full: +2
   assert out["conv2_1"].shape[1:3] == (31, 31)   # 33 after the pool, valid: -2
+
+
+def test_run_starts_from_pretrained_weights(tmp_path):
+  from transinv_jax.models import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+  config = model_config(name="resnet18", width=1.0)
+  mesh = sharding.make_mesh()
+  # A torchvision-layout file: another ResNet18 (1000 classes), saved as torch.save would.
+  source = models.build_model(config, 1000)
+  source_variables = jax.jit(source.init)(jax.random.key(7), jnp.zeros((1, 32, 32, 3)))
+  path = tmp_path / "resnet18.pth"
+  pretrained_lib.save_torchvision(jax.device_get(source_variables), "resnet18", path)
+  config.pretrained = str(path)
+
+  state = train.create_train_state(models.build_model(config, 10), jax.random.key(0),
+                                   (32, 32, 3), 1e-3, mesh)
+  started = exp1._start_from_pretrained(state, config, mesh)
+  np.testing.assert_array_equal(started.params["conv1"]["kernel"],
+                                source_variables["params"]["conv1"]["kernel"])
+  np.testing.assert_array_equal(started.batch_stats["layer4_1"]["bn2"]["var"],
+                                source_variables["batch_stats"]["layer4_1"]["bn2"]["var"])
+  # New classes: the last layer keeps its fresh init.
+  assert started.params["fc"]["kernel"].shape == (512, 10)
+  np.testing.assert_array_equal(started.params["fc"]["kernel"], state.params["fc"]["kernel"])
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(pretrained="/nonexistent/vgg16.pth"), "config.model.pretrained"),
+    (dict(pretrained=__file__, width=0.5), "config.model.width=1.0"),
+])
+def test_bad_pretrained_is_refused_before_work(tmp_path, change, message):
+  config = tiny_config()
+  config.model.update(change)
+  with pytest.raises(config_checks.ConfigError, match=message.replace(".", r"\.")):
+    exp1.run(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()

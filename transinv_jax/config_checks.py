@@ -1,5 +1,7 @@
 """Checks a config before any work, so mistakes stop in a second with the key and the fix."""
 
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -104,6 +106,12 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   _require(1 <= model.blur_size <= 7, f"config.model.blur_size={model.blur_size}: use 1..7")
   _require(model.avg_pool_size >= 2 and model.avg_pool_size % 2 == 0,
            f"config.model.avg_pool_size={model.avg_pool_size}: use an even size >= 2")
+  if model.pretrained:
+    _require(pathlib.Path(model.pretrained).expanduser().is_file(),
+             f"config.model.pretrained={model.pretrained!r} is not a file: give the path of a "
+             "torchvision state_dict (.pth) or the Keras VGG16 weights (.h5)")
+    _require(model.width == 1.0, f"config.model.pretrained needs config.model.width=1.0 (the "
+             f"pretrained network's widths), not {model.width}")
   heads = {"vgg": ("default", "classifier", "gap", "gmp"), "res": ("default", "gap", "gmp")}
   allowed = heads.get(model.name[:3], ("default",))
   _require(model.head in allowed,

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from transinv_jax import checkpoints, config_checks
 from transinv_jax.data import sources
+from transinv_jax.models import pretrained
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -41,7 +42,8 @@ class _QuietLibraries(std_logging.Filter):
 
 
 # Errors that mean "fix your input", reported as one line instead of a traceback.
-USER_ERRORS = (config_checks.ConfigError, sources.DataError, checkpoints.CheckpointError)
+USER_ERRORS = (config_checks.ConfigError, sources.DataError, checkpoints.CheckpointError,
+               pretrained.PretrainedError)
 
 
 def main(argv):

@@ -27,6 +27,7 @@ from absl import logging
 from transinv_jax import checkpoints, config_checks, evaluate, models, plots, sharding, train
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import canvas, locations, sources
+from transinv_jax.models import pretrained
 
 
 def _config_json(config: ml_collections.ConfigDict) -> dict:
@@ -100,11 +101,21 @@ def _diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
   return [] if a == b else [prefix]
 
 
+def _start_from_pretrained(state: train.TrainState, config: ml_collections.ConfigDict,
+                           mesh) -> train.TrainState:
+  """Replaces the fresh params with imported ones (the last layer stays fresh: new classes)."""
+  variables = pretrained.load_pretrained(config.pretrained, config.name, state.variables)
+  variables = jax.device_put(variables, sharding.replicated(mesh))
+  logging.info("starting from the pretrained weights in %s", config.pretrained)
+  return state.replace(params=variables["params"],
+                       batch_stats=variables.get("batch_stats", state.batch_stats))
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains at one location and sweeps the test grid; writes everything to ``workdir``.
 
-  Every check (config values, data files, an existing workdir's config) runs before any file is
-  written or anything is compiled.
+  Every check (config values, data files, pretrained weights, an existing workdir's config) runs
+  before any file is written.
 
   Args:
     config: an exp1 config (see configs/exp1.py).
@@ -116,25 +127,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh()
   config_checks.check_config(config, mesh.size)
   train_set, test_set = load_data(config)
+  d, platform = config.data, jax.default_backend()
+  model = models.build_model(config.model, train_set.num_classes, platform)
+  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  state = train.create_train_state(model, init_key, (d.canvas_size, d.canvas_size, d.channels),
+                                   config.train.learning_rate, mesh)
+  if config.model.pretrained:  # read (and fail on a bad file) before the workdir is touched
+    state = _start_from_pretrained(state, config.model, mesh)
   workdir = pathlib.Path(workdir)
   finished = _prepare_workdir(config, workdir)
   if finished is not None:
     logging.info("%s already holds a finished run; nothing to do", workdir)
     return finished
 
-  d, platform = config.data, jax.default_backend()
-  model = models.build_model(config.model, train_set.num_classes, platform)
   train_items = to_device(train_set, d.item_size, mesh)
   test_items = to_device(test_set, d.item_size, mesh)
   mean, std = canvas.canvas_stats(train_items.images, d.canvas_size, d.channels)
   render = functools.partial(canvas.render, canvas_size=d.canvas_size, mean=mean, std=std,
                              channels=d.channels,
                              dtype=models.compute_dtype(config.model.dtype, platform))
-  init_key, data_key = jax.random.split(jax.random.key(config.seed))
 
   # Train (or resume, or find training already finished in the latest checkpoint).
-  state = train.create_train_state(model, init_key, (d.canvas_size, d.canvas_size, d.channels),
-                                   config.train.learning_rate, mesh)
   ckpts = checkpoints.Checkpoints(workdir / "checkpoints")
   restored = ckpts.restore_latest(state)
   if restored is not None:

@@ -39,6 +39,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.avg_pool_size = 6        # pooling="avg": Azulay & Weiss' 6x6 average pool
   config.batch_norm = False       # VGG-BN (ResNets always use BatchNorm)
   config.head = "default"         # default | classifier | gap | gmp
+  config.pretrained = ""          # torchvision .pth / Keras VGG16 .h5 to start from ("" = none)
   return config
 
 
