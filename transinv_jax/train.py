@@ -89,7 +89,8 @@ def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
 
   Args:
     model: a Flax module called as ``model(x, train=...)``.
-    key: PRNG key for the params.
+    key: PRNG key for the params; a ``[seeds]`` array of keys gives one state per seed, stacked
+      on a leading axis, for ``train_steps(..., seeds=True)``.
     input_shape: one input's shape, ``[height, width, channels]``.
     learning_rate: Adam's fixed learning rate.
     mesh: the device mesh.
@@ -107,6 +108,7 @@ def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
     # A strongly typed step keeps the state's signature fixed across calls (no recompiles).
     return state.replace(step=jnp.int32(0))
 
+  init = jax.vmap(init) if key.ndim else init
   return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
 
 
@@ -162,16 +164,23 @@ def train_step(state: TrainState, items: Items, key: jax.Array, *, render: Rende
 
 
 def train_steps(state: TrainState, items: Items, key: jax.Array, *, num_steps: int,
-                **step_kwargs) -> tuple[TrainState, Metrics]:
+                seeds: bool = False, **step_kwargs) -> tuple[TrainState, Metrics]:
   """``num_steps`` calls of ``train_step`` in one compiled call (``lax.scan`` when > 1).
+
+  With ``seeds=True`` the state and ``key`` carry a leading ``[seeds]`` axis and every seed is
+  trained at once by ``vmap`` (the items are shared): one program, each seed with its own params,
+  batches, locations, dropout and stop rule.
 
   Scanning saves dispatches for small batches on GPU/TPU; on CPU keep ``num_steps = 1``, since
   XLA:CPU runs the model about 10x slower inside a loop.
 
   Returns:
-    ``(state, metrics)``, each metric ``[num_steps]``.
+    ``(state, metrics)``, each metric ``[num_steps]`` (``[num_steps, seeds]`` with seeds).
   """
-  step = functools.partial(train_step, items=items, key=key, **step_kwargs)
+  def one(state, key):
+    return train_step(state, items, key, **step_kwargs)
+
+  step = functools.partial(jax.vmap(one) if seeds else one, key=key)
   if num_steps == 1:
     state, metrics = step(state)
     return state, jax.tree.map(lambda m: m[None], metrics)
@@ -184,68 +193,81 @@ class TrainResult:
 
   Attributes:
     state: the final train state.
-    stop_reason: ``"accuracy"`` or ``"max_steps"``.
-    steps: steps taken in all, including those before a resume.
+    stop_reason: ``"accuracy"`` or ``"max_steps"`` (a list, one per seed, with seeds).
+    steps: steps taken in all, including those before a resume (a list with seeds).
     final_train_accuracy: mean training accuracy over the last log window (None if this call
-      took no step, e.g. a resumed run that had already stopped).
+      took no step, e.g. a resumed run that had already stopped; a list with seeds).
     seconds: wall time of this call's steps.
   """
   state: TrainState
-  stop_reason: str
-  steps: int
-  final_train_accuracy: float | None
+  stop_reason: str | list[str]
+  steps: int | list[int]
+  final_train_accuracy: float | None | list[float | None]
   seconds: float
 
 
 def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRule,
                log_every: int, scan_steps: int, on_metrics: Callable[[dict], None],
                on_checkpoint: Callable[[TrainState], None], checkpoint_every: int,
-               **step_kwargs) -> TrainResult:
+               seeds: bool = False, **step_kwargs) -> TrainResult:
   """Dispatches steps until the stop rule fires, syncing with the device once per ``log_every``.
 
   Args:
     state: the (possibly restored) train state; returned at once if it has already stopped.
     items: training items on the device.
-    key: the run's data key.
+    key: the run's data key (``[seeds]`` keys with ``seeds``).
     stop: the stop rule.
     log_every: steps between host syncs (and metrics records); a multiple of ``scan_steps``.
     scan_steps: steps per compiled call.
     on_metrics: receives one record per sync: step, loss, train_accuracy, streak, steps_per_sec,
-      eta_seconds (to the step cap).
+      eta_seconds (to the step cap); with seeds, step/loss/train_accuracy/streak are per-seed lists.
     on_checkpoint: saves a state; called every ``checkpoint_every`` steps and at the end.
     checkpoint_every: steps between checkpoints.
+    seeds: the state and key carry a leading seeds axis; train every seed until all have stopped.
     **step_kwargs: the other keyword-only arguments of ``train_step``.
 
   Returns:
     The final state and what stopped it.
   """
-  run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, stop=stop, **step_kwargs),
-                donate_argnums=0)
-  step = last_checkpoint = int(jax.device_get(state.step))
-  accuracy, seconds = None, 0.0
-  while int(jax.device_get(state.stop_reason)) == RUNNING:
+  run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, stop=stop, seeds=seeds,
+                                  **step_kwargs), donate_argnums=0)
+  # Host-side bookkeeping works on [seeds] arrays either way.
+  as_list = (lambda a: a.tolist()) if seeds else (lambda a: a.item())
+  steps = np.atleast_1d(jax.device_get(state.step))
+  last_checkpoint, seconds = steps.max(), 0.0
+  accuracy = np.full(steps.shape, np.nan)
+  while (np.atleast_1d(jax.device_get(state.stop_reason)) == RUNNING).any():
     start = time.perf_counter()
     window = []
     for _ in range(log_every // scan_steps):  # asynchronous dispatches, no sync
       state, metrics = run(state, items, key)
       window.append(metrics)
-    window, step, streak = jax.device_get((window, state.step, state.streak))
+    window, steps, streak = jax.device_get((window, state.step, state.streak))
     elapsed = time.perf_counter() - start
     seconds += elapsed
-    metrics = {k: np.concatenate([m[k] for m in window]) for k in window[0]}
+    metrics = {k: np.concatenate([m[k] for m in window]).reshape(-1, np.size(steps))
+               for k in window[0]}  # [steps, seeds]
     active = metrics["active"]
-    accuracy = float(metrics["accuracy"][active].mean())
-    steps_per_sec = int(active.sum()) / elapsed
-    on_metrics({"step": int(step), "loss": float(metrics["loss"][active].mean()),
-                "train_accuracy": accuracy, "streak": int(streak), "steps_per_sec": steps_per_sec,
+    ran = active.sum(0)
+    with np.errstate(invalid="ignore"):  # a seed that had stopped ran no step: NaN
+      accuracy = np.where(ran > 0, (metrics["accuracy"] * active).sum(0) / ran, accuracy)
+      loss = (metrics["loss"] * active).sum(0) / ran
+    steps_per_sec = int(active.sum()) / elapsed / np.size(steps)
+    on_metrics({"step": as_list(np.asarray(steps)), "loss": as_list(loss),
+                "train_accuracy": as_list(accuracy), "streak": as_list(np.asarray(streak)),
+                "steps_per_sec": steps_per_sec,
                 # An upper bound: the accuracy rule may stop the run before the step cap.
-                "eta_seconds": (stop.max_steps - int(step)) / steps_per_sec})
-    step = int(step)
-    if step - last_checkpoint >= checkpoint_every:
+                "eta_seconds": (stop.max_steps - int(np.min(steps))) / steps_per_sec})
+    steps = np.atleast_1d(steps)
+    if steps.max() - last_checkpoint >= checkpoint_every:
       on_checkpoint(state)
-      last_checkpoint = step
+      last_checkpoint = steps.max()
   on_checkpoint(state)
-  reason = STOP_REASONS[int(jax.device_get(state.stop_reason))]
-  logging.info("training stopped at step %d (%s)", step, reason)
-  return TrainResult(state=state, stop_reason=reason, steps=step,
-                     final_train_accuracy=accuracy, seconds=seconds)
+  reasons = [STOP_REASONS[int(r)] for r in np.atleast_1d(jax.device_get(state.stop_reason))]
+  final = [None if np.isnan(a) else float(a) for a in np.atleast_1d(accuracy)]
+  logging.info("training stopped at step %s (%s)", as_list(steps), ", ".join(reasons))
+  if seeds:
+    return TrainResult(state=state, stop_reason=reasons, steps=steps.tolist(),
+                       final_train_accuracy=final, seconds=seconds)
+  return TrainResult(state=state, stop_reason=reasons[0], steps=int(steps[0]),
+                     final_train_accuracy=final[0], seconds=seconds)
