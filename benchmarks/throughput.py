@@ -20,6 +20,7 @@ knobs must stay on the fast path.
 """
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
@@ -91,6 +92,21 @@ def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 0):
   return _time(train_once, args.steps), holder[0], model, render, flops
 
 
+def time_sweep(args, state, model, render, items, mesh):
+  """Seconds for the 19x19 sweep of ``--sweep_items`` items (compiled first); and its grid."""
+  axis = locations.paper_axis(args.canvas, args.item)
+  centres = locations.grid_centres(axis, axis)
+  test = jax.tree.map(lambda x: x[:args.sweep_items], items)
+  sweep = functools.partial(
+      evaluate.shift_sweep, state.params, centres=centres, num_classes=10, mesh=mesh,
+      classify=lambda p, x: model.apply({"params": p}, x)[0], render=render,
+      items_per_batch=args.items_per_batch, centres_per_chunk=args.centres_per_chunk)
+  sweep(items=jax.tree.map(lambda x: x[:args.items_per_batch], items))  # compile
+  start = time.perf_counter()
+  sweep(items=test)
+  return time.perf_counter() - start, axis, test, centres
+
+
 def run_peer(args) -> dict:
   """Runs benchmarks/torch_peer.py at the same sizes in a child process; its JSON, or why not."""
   if importlib.util.find_spec("torch") is None:
@@ -113,8 +129,12 @@ def main():
   parser.add_argument("--steps", type=int, default=20, help="timed training steps")
   parser.add_argument("--sweep_items", type=int, default=256, help="test items in the sweep")
   parser.add_argument("--items_per_batch", type=int, default=32)
-  parser.add_argument("--centres_per_chunk", type=int, default=19)
+  parser.add_argument("--centres_per_chunk", type=int, default=0,
+                      help="centres per sweep call; 0 = as many as device memory holds")
   parser.add_argument("--dtype", default="auto")
+  parser.add_argument("--profile", default="",
+                      help="write jax.profiler traces of the timed training steps and sweep here "
+                           "(open with TensorBoard's profile plugin or Perfetto)")
   parser.add_argument("--peer", action="store_true",
                       help="also run the PyTorch peer (benchmarks/torch_peer.py) at the same sizes")
   parser.add_argument("--peer_workers", type=int, default=4,
@@ -134,19 +154,10 @@ def main():
                                                   dtype=np.uint8)),
                   labels=jnp.asarray(rng.integers(0, 10, 1024), jnp.int32)),
       sharding.replicated(mesh))
-  seconds_per_step, state, model, render, flops = time_training({}, args, items, mesh, dtype)
-
-  axis = locations.paper_axis(args.canvas, args.item)
-  centres = locations.grid_centres(axis, axis)
-  test = jax.tree.map(lambda x: x[:args.sweep_items], items)
-  sweep = functools.partial(
-      evaluate.shift_sweep, state.params, centres=centres, num_classes=10, mesh=mesh,
-      classify=lambda p, x: model.apply({"params": p}, x)[0], render=render,
-      items_per_batch=args.items_per_batch, centres_per_chunk=args.centres_per_chunk)
-  sweep(items=jax.tree.map(lambda x: x[:args.items_per_batch], items))  # compile
-  start = time.perf_counter()
-  sweep(items=test)
-  sweep_seconds = time.perf_counter() - start
+  profile = (jax.profiler.trace(args.profile) if args.profile else contextlib.nullcontext())
+  with profile:
+    seconds_per_step, state, model, render, flops = time_training({}, args, items, mesh, dtype)
+    sweep_seconds, axis, test, centres = time_sweep(args, state, model, render, items, mesh)
 
   result = {
       "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",

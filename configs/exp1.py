@@ -72,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.dense_stride = 1          # "dense": spacing in pixels
   config.eval.max_items = 2000          # test items swept (first N of the test split; 0 = all)
   config.eval.items_per_batch = 64
-  config.eval.centres_per_chunk = 19    # items_per_batch * this = canvases per call
+  config.eval.centres_per_chunk = 0     # centres per call; 0 = as many as device memory holds
 
   if "smoke" in options:
     config.data.max_train_items = 5000

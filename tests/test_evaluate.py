@@ -47,3 +47,24 @@ def test_derived_accuracies():
   np.testing.assert_allclose(result.class_accuracy, [[1, 1], [0, 0]])
   np.testing.assert_allclose(result.normalised_accuracy, [100.0, -100.0])
   np.testing.assert_allclose(evaluate.normalised_accuracy(0.1, 10), 0.0, atol=1e-12)
+
+
+def test_auto_chunk_falls_back_on_cpu_and_divides_free_memory(monkeypatch):
+  # A call whose working memory grows with the chunk: 400 kB a centre (a sort materialises it).
+  run = jax.jit(lambda x: jnp.sort(x[:, None] * jnp.arange(100_000.0), axis=1)[:, ::1000].sum(1))
+  args = lambda n: (jax.ShapeDtypeStruct((n,), jnp.float32),)
+  # XLA:CPU reports no memory statistics: the fallback, capped by the number of centres.
+  assert evaluate.auto_chunk(run, args, num_centres=50, fallback=19) == 19
+  assert evaluate.auto_chunk(run, args, num_centres=7, fallback=19) == 7
+
+  class Device:
+    def memory_stats(self):
+      return {"bytes_limit": 10_000_000, "bytes_in_use": 2_000_000}
+
+  monkeypatch.setattr(jax, "local_devices", lambda: [Device()])
+  per_centre = run.lower(*args(1)).compile().memory_analysis()
+  per_centre = per_centre.temp_size_in_bytes + per_centre.output_size_in_bytes
+  expected = int(0.5 * 8_000_000 // per_centre)
+  assert 1 < expected < 100  # decided by memory, not by the caps
+  assert evaluate.auto_chunk(run, args, num_centres=10_000, fallback=19) == expected
+  assert evaluate.auto_chunk(run, args, num_centres=3, fallback=19) == 3

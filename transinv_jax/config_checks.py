@@ -73,7 +73,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(ev.items_per_batch > 0 and ev.items_per_batch % num_devices == 0,
            f"config.eval.items_per_batch={ev.items_per_batch} must be a positive multiple of "
            f"the {num_devices} devices")
-  _require(ev.centres_per_chunk > 0, "config.eval.centres_per_chunk must be positive")
+  _require(ev.centres_per_chunk >= 0,
+           "config.eval.centres_per_chunk must be >= 0 (0 = as many as the device memory holds)")
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:

@@ -90,6 +90,33 @@ def count_correct(params: Any, images: jax.Array, labels: jax.Array, valid: jax.
   return jnp.einsum("bo,bc->oc", correct.astype(jnp.int32), one_hot)
 
 
+def auto_chunk(run, args_for_chunk, num_centres: int, fallback: int,
+               memory_fraction: float = 0.5) -> int:
+  """Centres per call that fit the device's free memory, from XLA's own memory analysis.
+
+  Compiles the call for one centre, reads its working memory, and divides a fraction of the
+  free device memory by it (the working memory grows linearly with the chunk). Backends that
+  report no memory statistics (CPU) get ``fallback``.
+
+  Args:
+    run: the jitted ``count_correct``.
+    args_for_chunk: ``chunk -> run's arguments`` for a chunk of that many centres.
+    num_centres: centres to sweep in all (the chunk never exceeds it).
+    fallback: the chunk where memory cannot be read.
+    memory_fraction: share of the free memory a call may use.
+
+  Returns:
+    Centres per call, at least 1.
+  """
+  stats = jax.local_devices()[0].memory_stats() or {}
+  if "bytes_limit" not in stats:
+    return max(1, min(fallback, num_centres))
+  free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+  analysis = run.lower(*args_for_chunk(1)).compile().memory_analysis()
+  per_centre = max(1, analysis.temp_size_in_bytes + analysis.output_size_in_bytes)
+  return int(max(1, min(num_centres, memory_fraction * free // per_centre)))
+
+
 def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: ClassifyFn,
                 render: RenderFn, num_classes: int, mesh: Mesh, items_per_batch: int,
                 centres_per_chunk: int) -> SweepResult:
@@ -106,13 +133,24 @@ def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: Cla
     num_classes: number of classes.
     mesh: the device mesh; ``items_per_batch`` must divide over it.
     items_per_batch: test items per call.
-    centres_per_chunk: centres per call.
+    centres_per_chunk: centres per call; 0 picks the largest chunk that fits half the free device
+      memory (``auto_chunk``; one grid row, 19, where the backend reports no memory).
 
   Returns:
     The counts; ``.accuracy``, ``.class_accuracy``, ``.normalised_accuracy`` derive from them.
   """
   centres = np.asarray(centres, np.int32)
   num_items, num_centres = items.num_items, centres.shape[0]
+  run = jax.jit(functools.partial(count_correct, classify=classify, render=render,
+                                  num_classes=num_classes, mesh=mesh))
+  if not centres_per_chunk:
+    batch = lambda x: jax.ShapeDtypeStruct((items_per_batch,) + x.shape[1:], x.dtype)
+    centres_per_chunk = auto_chunk(
+        run, lambda n: (params, batch(items.images), batch(items.labels),
+                        jax.ShapeDtypeStruct((items_per_batch,), jnp.bool_),
+                        jax.ShapeDtypeStruct((n, 2), jnp.int32)),
+        num_centres, fallback=19)
+    logging.info("sweep: %d centres per call", centres_per_chunk)
   centres_per_chunk = min(centres_per_chunk, num_centres)
   # Pad items and centres to whole batches and chunks; padding is masked or sliced off.
   pad_items = -num_items % items_per_batch
@@ -123,8 +161,6 @@ def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: Cla
       [centres, np.repeat(centres[-1:], -num_centres % centres_per_chunk, axis=0)])
 
   batch_spec = sharding.batch_sharded(mesh)
-  run = jax.jit(functools.partial(count_correct, classify=classify, render=render,
-                                  num_classes=num_classes, mesh=mesh))
   chunks = []
   num_chunks = padded_centres.shape[0] // centres_per_chunk
   start = time.perf_counter()
