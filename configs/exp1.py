@@ -41,6 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = "exp1"
   config.seed = 0
+  config.num_seeds = 1                  # repetitions (seed, seed + 1, ...) trained together
 
   config.data = ml_collections.ConfigDict()
   config.data.dataset = datasets[0] if datasets else "mnist"

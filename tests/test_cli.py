@@ -46,7 +46,8 @@ def test_smoke_run_writes_every_output(smoke_run):
   with np.load(workdir / "sweep.npz") as sweep:
     assert sweep["accuracy"].shape == (7, 7)
     assert sweep["class_accuracy"].shape == (7, 7, 10)
-    assert sweep["correct"].shape == (49, 10) and sweep["totals"].sum() == 500
+    assert sweep["correct"].shape == (1, 49, 10) and sweep["totals"].sum() == 500
+    assert sweep["seed_accuracy"].shape == (1, 7, 7) and not sweep["accuracy_std"].any()
     np.testing.assert_array_equal(sweep["xs"], [8, 12, 22, 32, 42, 52, 55])
     np.testing.assert_allclose(sweep["accuracy"][3, 0], summary["accuracy_at_trained_location"])
   config = json.loads((workdir / "config.json").read_text())

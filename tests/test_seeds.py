@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from transinv_jax import models, sharding, train
 from transinv_jax.data import canvas, locations
@@ -61,3 +62,27 @@ def test_seeds_together_equal_separate_runs():
   # The seeds really differ from each other.
   kernels = together.state.params["conv1_1"]["kernel"]
   assert not np.allclose(kernels[0], kernels[1])
+
+
+def test_exp1_with_repetitions(tmp_path, shared_data_dir):
+  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+  from transinv_jax.experiments import exp1  # pylint: disable=g-import-not-at-top
+  config = tiny_config()
+  config.num_seeds = 3
+  config.seed = 4
+  summary = exp1.run(config, str(tmp_path / "together"))
+  assert summary["seeds"] == [4, 5, 6] and len(summary["stop_reason"]) == 3
+  per_seed = summary["accuracy_at_trained_location_per_seed"]
+  assert summary["accuracy_at_trained_location"] == pytest.approx(np.mean(per_seed))
+  assert summary["accuracy_at_trained_location_std"] == pytest.approx(np.std(per_seed))
+  with np.load(tmp_path / "together" / "sweep.npz") as sweep:
+    assert sweep["correct"].shape == (3, 9, 10) and sweep["seed_accuracy"].shape == (3, 3, 3)
+    np.testing.assert_allclose(sweep["accuracy"], sweep["seed_accuracy"].mean(0))
+    np.testing.assert_array_equal(sweep["seeds"], [4, 5, 6])
+  for seed in (4, 5, 6):
+    assert (tmp_path / "together" / "export" / f"seed{seed}" / "variables.npz").is_file()
+  # The middle seed alone gives the same run (up to float summation order).
+  config.num_seeds, config.seed = 1, 5
+  alone = exp1.run(config, str(tmp_path / "alone"))
+  assert alone["steps"] == summary["steps"][1]
+  assert abs(alone["accuracy_at_trained_location"] - per_seed[1]) <= 0.05

@@ -32,8 +32,11 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def save(self, state: Any) -> None:
-    """Saves ``state`` (a flax struct) under its step; returns before the write ends."""
-    step = int(jax.device_get(state.step))
+    """Saves ``state`` (a flax struct) under its step; returns before the write ends.
+
+    A state of several seeds is saved under its furthest seed's step, which only grows.
+    """
+    step = int(np.max(jax.device_get(state.step)))
     if step in self._manager.all_steps():
       return
     self._manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))

@@ -52,6 +52,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
              f"the canvas: with canvas {data.canvas_size} and item {data.item_size}, both x and "
              f"y must lie in [{lo}, {hi}]")
   _check_model(config)
+  _require(config.num_seeds >= 1, f"config.num_seeds={config.num_seeds}: use 1 or more "
+           "(the paper repeats every condition 5 times)")
   _require(train.learning_rate > 0,
            f"config.train.learning_rate={train.learning_rate}: must be positive")
   _require(train.batch_size > 0 and train.batch_size % num_devices == 0,

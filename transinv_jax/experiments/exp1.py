@@ -5,10 +5,11 @@ config -> items (host, then device) -> train (canvases on the device) -> shift s
   config.json           the resolved config (a rerun must match it)
   metrics.jsonl         one record per compiled training call
   checkpoints/          orbax checkpoints; a rerun resumes from the latest
-  sweep.npz             counts and accuracies per tested centre and class
+  sweep.npz             counts and accuracies per tested centre, class and seed
   heatmap.png           the raw grid; heatmap_interpolated.png, over the canvas (figure 1C);
                         heatmap_per_class.png, one map per class
-  export/               variables.npz + config.json, loadable without orbax
+  export/               variables.npz + config.json, loadable without orbax (export/seed{s}/
+                        for each seed when config.num_seeds > 1)
   summary.json          written last: the run is complete once it exists
 """
 
@@ -102,9 +103,10 @@ def _diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
 
 
 def _start_from_pretrained(state: train.TrainState, config: ml_collections.ConfigDict,
-                           mesh) -> train.TrainState:
+                           mesh, seeds: bool = False) -> train.TrainState:
   """Replaces the fresh params with imported ones (the last layer stays fresh: new classes)."""
-  variables = pretrained.load_pretrained(config.pretrained, config.name, state.variables)
+  variables = pretrained.load_pretrained(config.pretrained, config.name,
+                                         jax.device_get(state.variables), seeds=seeds)
   variables = jax.device_put(variables, sharding.replicated(mesh))
   logging.info("starting from the pretrained weights in %s", config.pretrained)
   return state.replace(params=variables["params"],
@@ -129,11 +131,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_set, test_set = load_data(config)
   d, platform = config.data, jax.default_backend()
   model = models.build_model(config.model, train_set.num_classes, platform)
-  init_key, data_key = jax.random.split(jax.random.key(config.seed))
+  # Repetitions: seeds seed, seed + 1, ...; several are trained together in one program.
+  seeds = [config.seed + i for i in range(config.num_seeds)]
+  multi = len(seeds) > 1
+  init_key, data_key = (jnp.stack(keys) if multi else keys[0] for keys in
+                        zip(*(jax.random.split(jax.random.key(s)) for s in seeds)))
   state = train.create_train_state(model, init_key, (d.canvas_size, d.canvas_size, d.channels),
                                    config.train.learning_rate, mesh)
   if config.model.pretrained:  # read (and fail on a bad file) before the workdir is touched
-    state = _start_from_pretrained(state, config.model, mesh)
+    state = _start_from_pretrained(state, config.model, mesh, seeds=multi)
   workdir = pathlib.Path(workdir)
   finished = _prepare_workdir(config, workdir)
   if finished is not None:
@@ -157,9 +163,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   def on_metrics(record):
     writer.write(**record)
-    logging.info("step %(step)d loss %(loss).4f train_accuracy %(train_accuracy).3f "
-                 "streak %(streak)d (%(steps_per_sec).1f steps/s, at most %(eta_seconds).0f s "
-                 "to go)", record)
+    shown = {k: np.round(v, 3).tolist() for k, v in record.items()}
+    logging.info("step %(step)s loss %(loss)s train_accuracy %(train_accuracy)s streak "
+                 "%(streak)s (%(steps_per_sec)s steps/s, at most %(eta_seconds)s s to go)", shown)
 
   t = config.train
   sampler = locations.make_sampler(d.train_location, d.canvas_size, d.item_size, d.fixed_centre)
@@ -167,67 +173,84 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state, train_items, data_key,
       stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps),
       log_every=t.log_every, scan_steps=t.scan_steps, on_metrics=on_metrics,
-      on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every,
+      on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every, seeds=multi,
       render=render, sampler=sampler, batch_size=t.batch_size, mesh=mesh)
   ckpts.wait()
   ckpts.close()
 
-  # Sweep every test item over the grid.
+  # Sweep every test item over the grid, for each seed.
   axis = test_axes(config)
   start = time.perf_counter()
   classify = lambda variables, x: model.apply(variables, x, train=False)[0]
-  sweep = evaluate.shift_sweep(
-      result.state.variables, test_items, locations.grid_centres(axis, axis), classify=classify,
+  per_seed = ([jax.tree.map(lambda x, i=i: x[i], result.state.variables)
+               for i in range(len(seeds))] if multi else [result.state.variables])
+  sweeps = [evaluate.shift_sweep(
+      variables, test_items, locations.grid_centres(axis, axis), classify=classify,
       render=render, num_classes=test_set.num_classes, mesh=mesh,
       items_per_batch=config.eval.items_per_batch,
-      centres_per_chunk=config.eval.centres_per_chunk)
+      centres_per_chunk=config.eval.centres_per_chunk) for variables in per_seed]
   sweep_seconds = time.perf_counter() - start
-  summary = write_results(config, workdir, result, sweep, axis, test_set, sweep_seconds)
-  checkpoints.export_variables(workdir / "export", result.state.variables, _config_json(config))
+  summary = write_results(config, workdir, result, sweeps, seeds, axis, test_set, sweep_seconds)
+  for seed, variables in zip(seeds, per_seed):
+    checkpoints.export_variables(workdir / "export" / (f"seed{seed}" if multi else ""),
+                                 variables, _config_json(config))
   if workdir_lib.is_writer():
     workdir_lib.write_json_atomic(workdir / workdir_lib.SUMMARY, summary)
   logging.info("finished: %s", json.dumps(summary))
   return summary
 
 
-def write_results(config, workdir, result: train.TrainResult, sweep: evaluate.SweepResult,
-                  axis: np.ndarray, test_set: sources.ItemSet, sweep_seconds: float) -> dict:
-  """Writes sweep.npz and the heatmaps; returns the summary record."""
+def write_results(config, workdir, result: train.TrainResult,
+                  sweeps: list[evaluate.SweepResult], seeds: list[int], axis: np.ndarray,
+                  test_set: sources.ItemSet, sweep_seconds: float) -> dict:
+  """Writes sweep.npz and the heatmaps (of the mean over seeds); returns the summary record."""
   n, k = len(axis), test_set.num_classes
-  accuracy = sweep.accuracy.reshape(n, n)
+  seed_accuracy = np.stack([s.accuracy.reshape(n, n) for s in sweeps])          # [S, n, n]
+  accuracy = seed_accuracy.mean(0)
+  class_accuracy = np.mean([s.class_accuracy.reshape(n, n, k) for s in sweeps], axis=0)
+  normalised = np.stack([s.normalised_accuracy.reshape(n, n) for s in sweeps])
   trained = trained_centre(config)
   if workdir_lib.is_writer():
     workdir_lib.write_npz_atomic(
-        workdir / "sweep.npz", xs=axis, ys=axis, centres=sweep.centres, correct=sweep.correct,
-        totals=sweep.totals, accuracy=accuracy,
-        class_accuracy=sweep.class_accuracy.reshape(n, n, k),
-        normalised_accuracy=sweep.normalised_accuracy.reshape(n, n),
+        workdir / "sweep.npz", xs=axis, ys=axis, centres=sweeps[0].centres, seeds=np.array(seeds),
+        correct=np.stack([s.correct for s in sweeps]), totals=sweeps[0].totals,
+        accuracy=accuracy, accuracy_std=seed_accuracy.std(0), seed_accuracy=seed_accuracy,
+        class_accuracy=class_accuracy, normalised_accuracy=normalised.mean(0),
         class_names=np.array(test_set.class_names),
         trained_centre=np.array(trained if trained else (-1, -1)))
-    title = f"exp1 {config.data.dataset}: accuracy by item centre"
+    over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
+    title = f"exp1 {config.data.dataset}: accuracy by item centre{over}"
     plots.grid_heatmap(accuracy, axis, axis, str(workdir / "heatmap.png"), title=title,
                        trained=trained, chance=1 / k)
     plots.canvas_heatmap(accuracy, axis, axis, config.data.canvas_size,
                          str(workdir / "heatmap_interpolated.png"), title=title,
                          trained=trained, chance=1 / k)
-    plots.class_heatmaps(sweep.class_accuracy.reshape(n, n, k), axis, axis,
-                         test_set.class_names, str(workdir / "heatmap_per_class.png"),
-                         title=f"exp1 {config.data.dataset}: accuracy per class", trained=trained)
+    plots.class_heatmaps(class_accuracy, axis, axis, test_set.class_names,
+                         str(workdir / "heatmap_per_class.png"),
+                         title=f"exp1 {config.data.dataset}: accuracy per class{over}",
+                         trained=trained)
   summary = {
       "experiment": config.experiment, "dataset": config.data.dataset,
+      "seeds": seeds if len(seeds) > 1 else seeds[0],
       "stop_reason": result.stop_reason, "steps": result.steps,
       "final_train_accuracy": result.final_train_accuracy,
       "train_seconds": result.seconds, "sweep_seconds": sweep_seconds,
-      "test_items": int(sweep.totals.sum()), "grid": [n, n],
-      "mean_accuracy": float(accuracy.mean()),
-      "mean_normalised_accuracy": float(sweep.normalised_accuracy.mean()),
+      "test_items": int(sweeps[0].totals.sum()), "grid": [n, n],
       "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
   }
+  # Each figure: the mean over seeds, its std across seeds (0 for one seed), and the per-seed list.
+  figures = {"mean_accuracy": seed_accuracy.mean((1, 2)),
+             "mean_normalised_accuracy": normalised.mean((1, 2))}
   if trained is not None and trained[1] in axis:
     row = int(np.searchsorted(axis, trained[1]))
     summary["accuracy_along_trained_row"] = {
         str(x): float(a) for x, a in zip(axis, accuracy[row])}
     if trained[0] in axis:
-      summary["accuracy_at_trained_location"] = float(
-          accuracy[row, int(np.searchsorted(axis, trained[0]))])
+      figures["accuracy_at_trained_location"] = seed_accuracy[
+          :, row, int(np.searchsorted(axis, trained[0]))]
+  for name, values in figures.items():
+    summary[name] = float(values.mean())
+    if len(seeds) > 1:
+      summary[f"{name}_std"] = float(values.std())
+      summary[f"{name}_per_seed"] = values.tolist()
   return summary

@@ -25,6 +25,7 @@ import zipfile
 from typing import Any, Mapping
 
 import flax
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
@@ -472,7 +473,7 @@ def adapt(pretrained: Mapping, target: Mapping) -> dict:
   return flax.traverse_util.unflatten_dict({k: out[k] for k in flat_new})
 
 
-def load_pretrained(path: PathLike, name: str, target: Mapping) -> dict:
+def load_pretrained(path: PathLike, name: str, target: Mapping, seeds: bool = False) -> dict:
   """Reads, converts and adapts pretrained weights for a model.
 
   Args:
@@ -480,6 +481,8 @@ def load_pretrained(path: PathLike, name: str, target: Mapping) -> dict:
       torchvision-layout ``torch.save`` file.
     name: ``config.model.name``.
     target: the model's freshly initialised variables (see ``adapt``).
+    seeds: ``target`` holds several seeds stacked on a leading axis; the file is read once and
+      adapted to each seed (so each keeps its own fresh last layer).
 
   Returns:
     Variables for ``model.apply``, ``target``'s tree.
@@ -496,6 +499,13 @@ def load_pretrained(path: PathLike, name: str, target: Mapping) -> dict:
   else:
     weights, convert = read_torch_state_dict(path), lambda sd: from_torchvision(sd, name)
   try:
-    return adapt(convert(weights), target)
+    converted = convert(weights)
+    if not seeds:
+      return adapt(converted, target)
+    count = len(jax.tree.leaves(target)[0])
+    per_seed = [adapt(converted, jax.tree.map(lambda x, i=i: np.asarray(x)[i], target))
+                for i in range(count)]
+    return jax.tree.map(lambda *xs: np.stack(xs), *per_seed)
   except PretrainedError as e:
     raise PretrainedError(e.detail, path) from e
+
