@@ -252,12 +252,14 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRul
     with np.errstate(invalid="ignore"):  # a seed that had stopped ran no step: NaN
       accuracy = np.where(ran > 0, (metrics["accuracy"] * active).sum(0) / ran, accuracy)
       loss = (metrics["loss"] * active).sum(0) / ran
-    steps_per_sec = int(active.sum()) / elapsed / np.size(steps)
+    # Program steps: those where any seed was still training (seeds advance together).
+    steps_per_sec = int(active.any(1).sum()) / elapsed
     on_metrics({"step": as_list(np.asarray(steps)), "loss": as_list(loss),
                 "train_accuracy": as_list(accuracy), "streak": as_list(np.asarray(streak)),
                 "steps_per_sec": steps_per_sec,
                 # An upper bound: the accuracy rule may stop the run before the step cap.
-                "eta_seconds": (stop.max_steps - int(np.min(steps))) / steps_per_sec})
+                # Stopped seeds stay behind; the running ones, all at the furthest step, set it.
+                "eta_seconds": (stop.max_steps - int(np.max(steps))) / steps_per_sec})
     steps = np.atleast_1d(steps)
     if steps.max() - last_checkpoint >= checkpoint_every:
       on_checkpoint(state)

@@ -22,7 +22,7 @@ from transinv_jax.models import layers, resnet, small, vgg
 
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "fcn", "rook")
 POOLINGS = ("max", "avg", "blur", "aps")
-RESNETS = {"resnet18": resnet.ResNet18, "resnet34": resnet.ResNet34, "resnet50": resnet.ResNet50}
+RESNETS = resnet.RESNETS
 
 
 def default_config() -> ml_collections.ConfigDict:

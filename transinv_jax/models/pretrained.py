@@ -34,8 +34,7 @@ from transinv_jax.models import resnet, vgg
 
 PathLike = str | pathlib.Path
 
-_RESNETS = {"resnet18": resnet.ResNet18, "resnet34": resnet.ResNet34, "resnet50": resnet.ResNet50}
-TORCHVISION_MODELS = tuple(vgg.STAGES) + tuple(_RESNETS)
+TORCHVISION_MODELS = tuple(vgg.STAGES) + tuple(resnet.RESNETS)
 # Layers whose pretrained weights may give way to the task's: the last (class count) and the first
 # conv (input channels).
 _LAST_LAYERS = ("logits", "fc")
@@ -217,7 +216,8 @@ def _vgg_layout(name: str, batch_norm: bool) -> list[Layer]:
 
 def _resnet_layout(name: str) -> list[Layer]:
   """torchvision's ResNet names; the first block of a stage downsamples (bottlenecks: all four)."""
-  stage_sizes, bottleneck = (_RESNETS[name].keywords[k] for k in ("stage_sizes", "bottleneck"))
+  stage_sizes, bottleneck = (resnet.RESNETS[name].keywords[k]
+                             for k in ("stage_sizes", "bottleneck"))
   layout = [("conv1", ("conv1",), "conv"), ("bn1", ("bn1",), "bn")]
   for i, blocks in enumerate(stage_sizes, 1):
     for j in range(blocks):
@@ -234,7 +234,7 @@ def _resnet_layout(name: str) -> list[Layer]:
 def _layout(name: str, batch_norm: bool) -> list[Layer]:
   if name in vgg.STAGES:
     return _vgg_layout(name, batch_norm)
-  if name in _RESNETS:
+  if name in resnet.RESNETS:
     return _resnet_layout(name)
   raise PretrainedError(f"no torchvision weights for model {name!r}; "
                         f"use one of {TORCHVISION_MODELS}")
