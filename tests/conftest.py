@@ -43,10 +43,11 @@ def shared_data_dir() -> pathlib.Path:
   return path
 
 
-def tiny_config(arg: str = "smoke"):
-  """configs/exp1.py:smoke shrunk further for unit tests: canvas 32, items 12, VGG11 at 1/16."""
-  import exp1  # pylint: disable=g-import-not-at-top
-  config = exp1.get_config(arg)
+def tiny_config(arg: str = "smoke", experiment: str = "exp1"):
+  """configs/<experiment>.py:<arg> shrunk further for unit tests: canvas 32, items 12, VGG11 at
+  1/16, 20 steps, a 3x3 test grid of 40 items."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(experiment).get_config(arg)
   config.data.data_dir = str(shared_data_path())
   config.data.max_train_items = 2000
   config.data.canvas_size = 32
@@ -60,3 +61,17 @@ def tiny_config(arg: str = "smoke"):
   config.eval.items_per_batch = 16
   config.eval.centres_per_chunk = 4
   return config
+
+
+def only_result(summary: dict) -> dict:
+  """The one test's row of a one-cell run's summary."""
+  assert len(summary["results"]) == 1, summary["results"]
+  return summary["results"][0]
+
+
+def read_test_record(workdir, name: str | None = None) -> dict:
+  """``tests/<name>/result.json`` of a run (the only test when ``name`` is None)."""
+  import json  # pylint: disable=g-import-not-at-top
+  folders = sorted(p for p in (pathlib.Path(workdir) / "tests").iterdir())
+  folder = pathlib.Path(workdir) / "tests" / name if name else folders[0]
+  return json.loads((folder / "result.json").read_text())

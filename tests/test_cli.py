@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, subprocess_env, tiny_config
+from conftest import REPO_ROOT, only_result, read_test_record, subprocess_env, tiny_config
 from transinv_jax import checkpoints, config_checks
 from transinv_jax.data import sources
-from transinv_jax.experiments import exp1
+from transinv_jax.experiments import pipeline
 
 
 def main(*args, env=None):
@@ -31,39 +31,57 @@ def smoke_run(tmp_path_factory, shared_data_dir):
   return workdir, args
 
 
+def _stage(workdir):
+  stage, = (workdir / "stages").iterdir()
+  return stage
+
+
 def test_smoke_run_writes_every_output(smoke_run):
   workdir, _ = smoke_run
-  for name in ("config.json", "metrics.jsonl", "sweep.npz", "heatmap.png",
-               "heatmap_interpolated.png", "heatmap_per_class.png", "export/variables.npz", "export/config.json",
-               "summary.json", "checkpoints/400"):
-    assert (workdir / name).exists(), name
+  stage, test = _stage(workdir), workdir / "tests" / "vanilla_mnist"
+  assert stage.name.startswith("vanilla_mnist-")
+  for path in (workdir / "config.json", workdir / "progress.json", workdir / "results.csv",
+               workdir / "results.json", workdir / "summary.json",
+               workdir / "figures" / "heatmaps.png", workdir / "figures" / "accuracy_bars.png",
+               stage / "stage.json", stage / "done.json", stage / "metrics.jsonl",
+               stage / "checkpoints" / "400", stage / "export" / "seed0" / "variables.npz",
+               stage / "export" / "seed0" / "config.json", test / "sweep.npz",
+               test / "heatmap.png", test / "heatmap_interpolated.png",
+               test / "heatmap_per_class.png", test / "result.json"):
+    assert path.exists(), path
   summary = json.loads((workdir / "summary.json").read_text())
-  assert summary["stop_reason"] in ("accuracy", "max_steps") and summary["grid"] == [7, 7]
+  row = only_result(summary)
+  record = read_test_record(workdir)
+  assert record["stage_stop_reason"][0] in ("accuracy", "max_steps") and record["grid"] == [7, 7]
   # Learned at the trained location (centre x=8), near chance far from it.
-  row = summary["accuracy_along_trained_row"]
-  assert summary["accuracy_at_trained_location"] == row["8"] >= 0.5
-  assert row["55"] <= 0.3
-  with np.load(workdir / "sweep.npz") as sweep:
+  along = record["accuracy_along_trained_row"]
+  assert row["accuracy_at_trained_location"] == along["8"] >= 0.5
+  assert along["55"] <= 0.3
+  assert "vanilla_mnist,sweep,vanilla_mnist,mnist,vanilla," in (workdir / "results.csv").read_text()
+  with np.load(test / "sweep.npz") as sweep:
     assert sweep["accuracy"].shape == (7, 7)
     assert sweep["class_accuracy"].shape == (7, 7, 10)
     assert sweep["correct"].shape == (1, 49, 10) and sweep["totals"].sum() == 500
     assert sweep["seed_accuracy"].shape == (1, 7, 7) and not sweep["accuracy_std"].any()
     np.testing.assert_array_equal(sweep["xs"], [8, 12, 22, 32, 42, 52, 55])
-    np.testing.assert_allclose(sweep["accuracy"][3, 0], summary["accuracy_at_trained_location"])
+    np.testing.assert_allclose(sweep["accuracy"][3, 0], row["accuracy_at_trained_location"])
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["canvas_size"] == 64 and config["train"]["learning_rate"] == 1e-3
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == list(range(25, 401, 25))
   assert records[-1]["eta_seconds"] == 0 and records[0]["eta_seconds"] > 0
+  progress = json.loads((workdir / "progress.json").read_text())
+  assert progress["stages_done"] == progress["stages_total"] == 1
+  assert progress["tests_done"] == progress["tests_total"] == 1
 
 
 def test_rerun_of_a_finished_run_does_nothing(smoke_run):
   workdir, args = smoke_run
-  before = (workdir / "metrics.jsonl").read_text()
+  before = (_stage(workdir) / "metrics.jsonl").read_text()
   proc = main(*args)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "already holds a finished run" in proc.stderr
-  assert (workdir / "metrics.jsonl").read_text() == before
+  assert (_stage(workdir) / "metrics.jsonl").read_text() == before
 
 
 def test_resume_after_a_crash_reproduces_the_run(smoke_run, tmp_path):
@@ -71,18 +89,18 @@ def test_resume_after_a_crash_reproduces_the_run(smoke_run, tmp_path):
   crashed = tmp_path / "crashed"
   shutil.copytree(workdir, crashed)
   # A crash between the checkpoints at 200 and 400: no later checkpoint, no results.
-  for name in ("summary.json", "sweep.npz", "export"):
-    path = crashed / name
+  stage = _stage(crashed)
+  for path in (crashed / "summary.json", crashed / "tests", stage / "export",
+               stage / "done.json", stage / "checkpoints" / "400"):
     shutil.rmtree(path) if path.is_dir() else path.unlink()
-  shutil.rmtree(crashed / "checkpoints" / "400")
   proc = main(args[0], f"--workdir={crashed}", args[2])
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "restored step 200" in proc.stderr
-  first = json.loads((workdir / "summary.json").read_text())
-  again = json.loads((crashed / "summary.json").read_text())
-  assert again["steps"] == 400
+  first, again = read_test_record(workdir), read_test_record(crashed)
+  assert again["stage_steps"] == [400]
   assert again["accuracy_along_trained_row"] == first["accuracy_along_trained_row"]
-  with np.load(workdir / "sweep.npz") as a, np.load(crashed / "sweep.npz") as b:
+  test = "tests/vanilla_mnist/sweep.npz"
+  with np.load(workdir / test) as a, np.load(crashed / test) as b:
     np.testing.assert_array_equal(a["correct"], b["correct"])
 
 
@@ -98,17 +116,17 @@ def test_bad_config_stops_before_any_work(tmp_path, change, key):
   config = tiny_config()
   config.data.update(change)
   with pytest.raises((config_checks.ConfigError, sources.DataError), match=key.replace(".", r"\.")):
-    exp1.run(config, str(tmp_path / "run"))
+    pipeline.run(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
 
 def test_batch_must_split_over_devices_and_canvas_fit_the_model(tmp_path):
   config = tiny_config()
   with pytest.raises(config_checks.ConfigError, match="config.train.batch_size"):
-    config_checks.check_config(config, num_devices=5)
+    pipeline.check(config, num_devices=5)
   config.data.canvas_size, config.data.item_size = 16, 8
   with pytest.raises(config_checks.ConfigError, match="config.data.canvas_size"):
-    config_checks.check_config(config, num_devices=1)
+    pipeline.check(config, num_devices=1)
 
 
 def test_workdir_with_another_config_is_refused(tmp_path, shared_data_dir):
@@ -117,7 +135,7 @@ def test_workdir_with_another_config_is_refused(tmp_path, shared_data_dir):
   stored["seed"] = 7
   (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
   with pytest.raises(config_checks.ConfigError, match="config.seed"):
-    exp1.run(tiny_config(), str(tmp_path / "run"))
+    pipeline.run(tiny_config(), str(tmp_path / "run"))
   assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
 
 
@@ -142,9 +160,10 @@ def test_tfds_source_end_to_end(tmp_path):
   config.data.max_train_items = 64
   config.train.max_steps = 10
   with tfds.testing.mock_data(num_examples=64):
-    summary = exp1.run(config, str(tmp_path / "run"))
-  assert summary["steps"] == 10 and summary["test_items"] == 40
-  with np.load(tmp_path / "run" / "sweep.npz") as sweep:
+    summary = only_result(pipeline.run(config, str(tmp_path / "run")))
+  assert read_test_record(tmp_path / "run")["stage_steps"] == [10]
+  assert summary["test_items"] == 40
+  with np.load(tmp_path / "run" / "tests" / "vanilla_mnist" / "sweep.npz") as sweep:
     assert sweep["accuracy"].shape == (3, 3) and sweep["totals"].sum() == 40
 
 
@@ -157,7 +176,7 @@ def test_export_to_torchvision(smoke_run, tmp_path):
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   state_dict = torch.load(out)
-  variables, _ = checkpoints.load_exported(workdir / "export")
+  variables, _ = checkpoints.load_exported(_stage(workdir) / "export" / "seed0")
   # torchvision's names; conv weights OIHW.
   assert list(state_dict)[:2] == ["features.0.weight", "features.0.bias"]
   assert "classifier.6.weight" in state_dict
@@ -166,4 +185,4 @@ def test_export_to_torchvision(smoke_run, tmp_path):
   proc = subprocess.run([sys.executable, "-m", "transinv_jax.export",
                          f"--workdir={tmp_path / 'none'}", f"--out={out}"], cwd=REPO_ROOT,
                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1 and "not found" in proc.stderr
+  assert proc.returncode == 1 and "no finished stage" in proc.stderr

@@ -2,6 +2,8 @@
 
 import functools
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,24 +67,29 @@ def test_seeds_together_equal_separate_runs():
 
 
 def test_exp1_with_repetitions(tmp_path, shared_data_dir):
-  from conftest import tiny_config  # pylint: disable=g-import-not-at-top
-  from transinv_jax.experiments import exp1  # pylint: disable=g-import-not-at-top
+  from conftest import only_result, tiny_config  # pylint: disable=g-import-not-at-top
+  from transinv_jax.experiments import pipeline  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.num_seeds = 3
   config.seed = 4
-  summary = exp1.run(config, str(tmp_path / "together"))
-  assert summary["seeds"] == [4, 5, 6] and len(summary["stop_reason"]) == 3
-  per_seed = summary["accuracy_at_trained_location_per_seed"]
+  summary = only_result(pipeline.run(config, str(tmp_path / "together")))
+  record = json.loads((tmp_path / "together" / "tests" / "vanilla_mnist" / "result.json")
+                      .read_text())
+  assert record["seeds"] == [4, 5, 6] and len(record["stage_stop_reason"]) == 3
+  per_seed = record["accuracy_at_trained_location_per_seed"]
   assert summary["accuracy_at_trained_location"] == pytest.approx(np.mean(per_seed))
   assert summary["accuracy_at_trained_location_std"] == pytest.approx(np.std(per_seed))
-  with np.load(tmp_path / "together" / "sweep.npz") as sweep:
+  with np.load(tmp_path / "together" / "tests" / "vanilla_mnist" / "sweep.npz") as sweep:
     assert sweep["correct"].shape == (3, 9, 10) and sweep["seed_accuracy"].shape == (3, 3, 3)
     np.testing.assert_allclose(sweep["accuracy"], sweep["seed_accuracy"].mean(0))
     np.testing.assert_array_equal(sweep["seeds"], [4, 5, 6])
+  stage, = (tmp_path / "together" / "stages").iterdir()
   for seed in (4, 5, 6):
-    assert (tmp_path / "together" / "export" / f"seed{seed}" / "variables.npz").is_file()
+    assert (stage / "export" / f"seed{seed}" / "variables.npz").is_file()
   # The middle seed alone gives the same run (up to float summation order).
   config.num_seeds, config.seed = 1, 5
-  alone = exp1.run(config, str(tmp_path / "alone"))
-  assert alone["steps"] == summary["steps"][1]
+  pipeline.run(config, str(tmp_path / "alone"))
+  alone = json.loads((tmp_path / "alone" / "tests" / "vanilla_mnist" / "result.json")
+                     .read_text())
+  assert alone["stage_steps"] == [record["stage_steps"][1]]
   assert abs(alone["accuracy_at_trained_location"] - per_seed[1]) <= 0.05

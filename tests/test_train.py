@@ -2,6 +2,7 @@
 exp1 run learns the trained location (and only it)."""
 
 import functools
+import json
 import shutil
 
 import jax
@@ -9,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import only_result, read_test_record, tiny_config
 from transinv_jax import checkpoints, sharding, train
 from transinv_jax.data import canvas, locations
-from transinv_jax.experiments import exp1
+from transinv_jax.experiments import pipeline
 from transinv_jax.models import vgg
 
 CANVAS, SIZE = 32, 8
@@ -124,9 +125,10 @@ def test_tiny_exp1_learns_the_trained_location_only(shared_data_dir, tmp_path):
   config.train.stop_window = 20
   config.train.log_every = 20
   config.eval.max_items = 100
-  summary = exp1.run(config, str(tmp_path / "run"))
-  assert summary["final_train_accuracy"] >= 0.85
-  row = summary["accuracy_along_trained_row"]
+  summary = only_result(pipeline.run(config, str(tmp_path / "run")))
+  stage, = (tmp_path / "run" / "stages").iterdir()
+  assert json.loads((stage / "done.json").read_text())["final_train_accuracy"][0] >= 0.85
+  row = read_test_record(tmp_path / "run")["accuracy_along_trained_row"]
   assert summary["accuracy_at_trained_location"] == row["6"] >= 0.8
   # Far from the trained location the vanilla network is near chance (exp1's finding).
   assert row["25"] <= 0.35

@@ -11,7 +11,8 @@ import pytest
 from conftest import tiny_config
 from transinv_jax import config_checks, models, sharding, train
 from transinv_jax.data import canvas, locations
-from transinv_jax.experiments import exp1
+from transinv_jax.experiments import pipeline
+from transinv_jax.models import pretrained as pretrained_lib
 
 
 def model_config(**knobs):
@@ -101,7 +102,7 @@ def test_bad_model_knobs_are_refused(change, key):
   config.data.canvas_size = 64
   config.model.update(change)
   with pytest.raises(config_checks.ConfigError, match=key.replace(".", r"\.")):
-    config_checks.check_config(config, num_devices=1)
+    pipeline.check(config, num_devices=1)
 
 
 def test_padding_override_reaches_the_layer():
@@ -113,7 +114,6 @@ def test_padding_override_reaches_the_layer():
 
 
 def test_run_starts_from_pretrained_weights(tmp_path):
-  from transinv_jax.models import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
   config = model_config(name="resnet18", width=1.0)
   mesh = sharding.make_mesh()
   # A torchvision-layout file: another ResNet18 (1000 classes), saved as torch.save would.
@@ -125,23 +125,25 @@ def test_run_starts_from_pretrained_weights(tmp_path):
 
   state = train.create_train_state(models.build_model(config, 10), jax.random.key(0),
                                    (32, 32, 3), 1e-3, mesh)
-  started = exp1._start_from_pretrained(state, config, mesh)
-  np.testing.assert_array_equal(started.params["conv1"]["kernel"],
+  # What the pipeline does for a stage with config.model.pretrained.
+  started = pretrained_lib.load_pretrained(path, "resnet18", jax.device_get(state.variables))
+  np.testing.assert_array_equal(started["params"]["conv1"]["kernel"],
                                 source_variables["params"]["conv1"]["kernel"])
-  np.testing.assert_array_equal(started.batch_stats["layer4_1"]["bn2"]["var"],
+  np.testing.assert_array_equal(started["batch_stats"]["layer4_1"]["bn2"]["var"],
                                 source_variables["batch_stats"]["layer4_1"]["bn2"]["var"])
   # New classes: the last layer keeps its fresh init.
-  assert started.params["fc"]["kernel"].shape == (512, 10)
-  np.testing.assert_array_equal(started.params["fc"]["kernel"], state.params["fc"]["kernel"])
+  assert started["params"]["fc"]["kernel"].shape == (512, 10)
+  np.testing.assert_array_equal(started["params"]["fc"]["kernel"], state.params["fc"]["kernel"])
 
 
-@pytest.mark.parametrize("change,message", [
-    (dict(pretrained="/nonexistent/vgg16.pth"), "config.model.pretrained"),
-    (dict(pretrained=__file__, width=0.5), "config.model.width=1.0"),
+@pytest.mark.parametrize("change,error,message", [
+    (dict(pretrained="/nonexistent/vgg16.pth"), config_checks.ConfigError,
+     r"config\.model\.pretrained"),
+    (dict(pretrained=__file__), pretrained_lib.PretrainedError, "test_zoo.py"),
 ])
-def test_bad_pretrained_is_refused_before_work(tmp_path, change, message):
+def test_bad_pretrained_is_refused_before_work(tmp_path, change, error, message):
   config = tiny_config()
   config.model.update(change)
-  with pytest.raises(config_checks.ConfigError, match=message.replace(".", r"\.")):
-    exp1.run(config, str(tmp_path / "run"))
+  with pytest.raises(error, match=message):
+    pipeline.run(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()

@@ -15,9 +15,13 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message names the key and what would fix it."""
 
 
-def _require(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+  """Raises ``ConfigError(message)`` unless ``ok``."""
   if not ok:
     raise ConfigError(message)
+
+
+_require = require
 
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
@@ -41,6 +45,15 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
            f"{data.canvas_size}: items are pasted whole, never cropped; make the item smaller "
            "or the canvas larger")
   _require(data.channels in (1, 3), f"config.data.channels={data.channels}: use 1 or 3")
+  _require(data.get("classes", 0) >= 0,
+           f"config.data.classes={data.get('classes')}: use 0 (all) or the number of classes "
+           "to keep (EMNIST18: 18)")
+  _require(data.get("fit", "centre") in ("centre", "whole"),
+           f"config.data.fit={data.get('fit')!r}: use centre (the item's centre lies in its "
+           "region) or whole (the whole item does)")
+  _require(data.train_location != "regions" or bool(data.get("layout")),
+           "config.data.train_location='regions' needs config.data.layout, e.g. "
+           "'0-1:area0;2-3:area1' (see transinv_jax/data/locations.py)")
   _require(data.train_location in locations.SAMPLERS,
            f"config.data.train_location={data.train_location!r}: use one of "
            f"{', '.join(locations.SAMPLERS)}")
@@ -113,8 +126,6 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
     _require(pathlib.Path(model.pretrained).expanduser().is_file(),
              f"config.model.pretrained={model.pretrained!r} is not a file: give the path of a "
              "torchvision state_dict (.pth) or the Keras VGG16 weights (.h5)")
-    _require(model.width == 1.0, f"config.model.pretrained needs config.model.width=1.0 (the "
-             f"pretrained network's widths), not {model.width}")
   heads = {"vgg": ("default", "classifier", "gap", "gmp"), "res": ("default", "gap", "gmp")}
   allowed = heads.get(model.name[:3], ("default",))
   _require(model.head in allowed,

@@ -1,4 +1,5 @@
-"""Figures written by runs: accuracy heatmaps over the tested item centres."""
+"""Figures written by runs: accuracy heatmaps over the tested item centres, bars, matrices and
+cosine-similarity curves (the experiments' figures are composed from these in reports.py)."""
 
 import pathlib
 from typing import Sequence
@@ -129,4 +130,244 @@ def class_heatmaps(class_accuracy: np.ndarray, xs: Sequence[int], ys: Sequence[i
   fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="accuracy")
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+# Exp5 (Biscione & Bowers figures 5, 10, 11, 12): cosine similarity against displacement.
+
+
+def _save(fig, path: str, dpi: int = 120) -> None:
+  fig.tight_layout()
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
+def _similarity_ylim(ax, values) -> None:
+  # Post-ReLU similarities lie in [0, 1]; logits (no ReLU) may go below 0.
+  low = min(0.0, float(np.nanmin([np.nanmin(v) for v in values]))) if values else 0.0
+  ax.set_ylim(low - 0.02, 1.02)
+
+
+def similarity_curves(displacements: Sequence[int], curves: dict[str, np.ndarray], path: str, *,
+                      title: str, stds: dict[str, np.ndarray] | None = None,
+                      ylabel: str = "cosine similarity") -> None:
+  """Similarity against horizontal displacement, one line per network or condition (fig. 5A, 10).
+
+  Args:
+    displacements: [D] displacement of each tested centre from the base, in px.
+    curves: {label: [D] similarity}, one line each, drawn in the dict's order.
+    path: PNG file to write.
+    title: figure title.
+    stds: optional {label: [D]} spread (e.g. std across seeds), drawn as a band around the line.
+    ylabel: y axis label.
+  """
+  x = np.asarray(displacements)
+  order = np.argsort(x, kind="stable")
+  fig, ax = plt.subplots(figsize=(6.4, 4.4))
+  for label, values in curves.items():
+    values = np.asarray(values, np.float64)
+    (line,) = ax.plot(x[order], values[order], marker="o", markersize=3, label=str(label))
+    if stds is not None and label in stds:
+      spread = np.asarray(stds[label], np.float64)[order]
+      ax.fill_between(x[order], values[order] - spread, values[order] + spread,
+                      color=line.get_color(), alpha=0.2, linewidth=0)
+  _similarity_ylim(ax, [np.asarray(v) for v in curves.values()])
+  ax.set_xlabel("horizontal displacement (px)")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if curves:
+    ax.legend(fontsize=8, loc="best")
+  _save(fig, path)
+
+
+def similarity_layers(layers: Sequence[str], displacements: Sequence[int], values: np.ndarray,
+                      path: str, *, title: str) -> None:
+  """Heatmap of similarity per layer (x, network order) and displacement (y): figure 11.
+
+  Args:
+    layers: [L] layer names, network order.
+    displacements: [D] displacement of each tested centre, in px.
+    values: [L, D] similarity (e.g. ``SimilarityResult.mean``).
+    path: PNG file to write.
+    title: figure title.
+  """
+  values = np.asarray(values, np.float64)
+  displacements = np.asarray(displacements)
+  fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(layers) + 2.5),
+                                  max(4.0, 0.25 * len(displacements) + 1.8)))
+  image = ax.imshow(values.T, vmin=min(0.0, float(np.nanmin(values))), vmax=1, cmap="viridis",
+                    aspect="auto", interpolation="nearest")
+  ax.set_xticks(np.arange(len(layers)))
+  ax.set_xticklabels(layers, rotation=90, fontsize=8)
+  keep = np.arange(0, len(displacements), max(1, len(displacements) // 20))
+  ax.set_yticks(keep)
+  ax.set_yticklabels(displacements[keep], fontsize=8)
+  ax.set_xlabel("layer")
+  ax.set_ylabel("horizontal displacement (px)")
+  ax.set_title(title)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="cosine similarity")
+  _save(fig, path)
+
+
+def similarity_by_layer_lines(layers: Sequence[str], curves: dict[str, np.ndarray], path: str, *,
+                              title: str, stds: dict[str, np.ndarray] | None = None,
+                              ylabel: str = "cosine similarity", xlabel: str = "layer") -> None:
+  """Similarity per layer at one displacement, one line per network or condition: figure 12.
+
+  Also any categorical x axis: stages of an experiment (figure 10: before / after fine-tuning).
+
+  Args:
+    layers: [L] layer names, network order (the x axis).
+    curves: {label: [L] similarity}, one line each.
+    path: PNG file to write.
+    title: figure title (say which displacement).
+    stds: optional {label: [L]} spread, drawn as a band around the line.
+    ylabel: y axis label.
+    xlabel: x axis label.
+  """
+  x = np.arange(len(layers))
+  fig, ax = plt.subplots(figsize=(max(6.4, 0.35 * len(layers) + 2.5), 4.6))
+  for label, values in curves.items():
+    values = np.asarray(values, np.float64)
+    (line,) = ax.plot(x, values, marker="o", markersize=3, label=str(label))
+    if stds is not None and label in stds:
+      spread = np.asarray(stds[label], np.float64)
+      ax.fill_between(x, values - spread, values + spread, color=line.get_color(), alpha=0.2,
+                      linewidth=0)
+  _similarity_ylim(ax, [np.asarray(v) for v in curves.values()])
+  ax.set_xticks(x)
+  short = max(len(str(name)) for name in layers) <= 20 if len(layers) else True
+  ax.set_xticklabels(layers, rotation=0 if short and len(layers) <= 4 else 90, fontsize=8)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  if curves:
+    ax.legend(fontsize=8, loc="best")
+  _save(fig, path)
+
+
+def heatmap_panels(panels: Sequence[np.ndarray], xs: Sequence[int], ys: Sequence[int],
+                   canvas_size: int | None, path: str, *, titles: Sequence[str], title: str,
+                   trained: Sequence[Sequence[int] | None] | None = None) -> None:
+  """Several accuracy maps side by side on one colour scale (figure 1C bottom, figures 3, 4, 9).
+
+  Args:
+    panels: each ``[len(ys), len(xs)]`` in [0, 1].
+    xs: x centres of the columns.
+    ys: y centres of the rows.
+    canvas_size: interpolate over this canvas (the paper's display); None: the raw grid.
+    path: PNG file to write.
+    titles: one per panel.
+    title: figure title.
+    trained: per panel, the training centre to mark, or None.
+  """
+  xs, ys = np.asarray(xs), np.asarray(ys)
+  count = len(panels)
+  cols = min(count, 6)
+  rows = int(np.ceil(count / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 1.2, 2.7 * rows + 0.9),
+                           squeeze=False, layout="constrained")
+  image = None
+  for k, ax in enumerate(axes.flat):
+    if k >= count:
+      ax.axis("off")
+      continue
+    if canvas_size:
+      dense = interpolate_grid(np.asarray(panels[k], np.float64), xs, ys)
+      ax.set_facecolor("0.85")
+      image = ax.imshow(dense, vmin=0, vmax=1, cmap="viridis", interpolation="nearest",
+                        extent=(xs[0] - 0.5, xs[-1] + 0.5, ys[-1] + 0.5, ys[0] - 0.5))
+      ax.set_xlim(0, canvas_size)
+      ax.set_ylim(canvas_size, 0)
+    else:
+      image = ax.imshow(panels[k], vmin=0, vmax=1, cmap="viridis", interpolation="nearest",
+                        extent=(xs[0], xs[-1], ys[-1], ys[0]))
+    mark = trained[k] if trained else None
+    if mark is not None:
+      ax.plot(*mark, "rx", markersize=7)
+    ax.set_title(titles[k], fontsize=8)
+    ax.tick_params(labelsize=7)
+  fig.suptitle(title, fontsize=10)
+  fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="accuracy")
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def grouped_bars(means: np.ndarray, stds: np.ndarray, groups: Sequence[str],
+                 series: Sequence[str], path: str, *, title: str, ylabel: str,
+                 chance: Sequence[float] | None = None, legend_title: str = "") -> None:
+  """Bars with error bars: one group per column of ``means``, one bar per row (figures 1C, 6).
+
+  Args:
+    means: [len(series), len(groups)].
+    stds: the same shape: error bars (one std over seeds).
+    groups: x-axis labels.
+    series: legend labels.
+    path: PNG file to write.
+    title: figure title.
+    ylabel: y-axis label.
+    chance: per group, a dashed chance line.
+    legend_title: the legend's title.
+  """
+  means, stds = np.asarray(means, np.float64), np.asarray(stds, np.float64)
+  width = 0.8 / max(1, len(series))
+  fig, ax = plt.subplots(figsize=(max(5.5, 1.1 * len(groups) * max(1, len(series)) ** 0.5 + 2),
+                                  4.4), layout="constrained")
+  x = np.arange(len(groups))
+  for i, name in enumerate(series):
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, means[i], width, yerr=stds[i], capsize=3,
+           label=str(name))
+  if chance is not None:
+    for j, c in enumerate(chance):
+      ax.hlines(c, j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1,
+                label="chance" if j == 0 else None)
+  ax.set_xticks(x)
+  ax.set_xticklabels(groups)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=8, title=legend_title or None, title_fontsize=8)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: str, *,
+           title: str, xlabel: str, ylabel: str, vmin: float, vmax: float) -> None:
+  """An annotated matrix of values (figure 2B: pretrain x fine-tune normalised accuracy).
+
+  Args:
+    values: [len(rows), len(cols)]; NaN cells stay blank.
+    rows: row labels (y axis).
+    cols: column labels (x axis).
+    path: PNG file to write.
+    title: figure title.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    vmin: the colour scale's lower end.
+    vmax: its upper end.
+  """
+  values = np.asarray(values, np.float64)
+  fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3, 0.8 * len(rows) + 2),
+                         layout="constrained")
+  image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis")
+  for i in range(values.shape[0]):
+    for j in range(values.shape[1]):
+      if np.isfinite(values[i, j]):
+        shade = (values[i, j] - vmin) / (vmax - vmin)
+        ax.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", fontsize=9,
+                color="k" if shade > 0.6 else "w")
+  ax.set_xticks(range(len(cols)))
+  ax.set_xticklabels(cols, rotation=30, ha="right")
+  ax.set_yticks(range(len(rows)))
+  ax.set_yticklabels(rows)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
   plt.close(fig)

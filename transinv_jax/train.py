@@ -84,7 +84,8 @@ class StopRule:
 
 
 def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
-                       learning_rate: float, mesh: Mesh) -> TrainState:
+                       learning_rate: float, mesh: Mesh,
+                       trainable: Callable[[Any], Any] | None = None) -> TrainState:
   """Initialises params (replicated over ``mesh``) and an Adam optimiser.
 
   Args:
@@ -94,11 +95,17 @@ def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
     input_shape: one input's shape, ``[height, width, channels]``.
     learning_rate: Adam's fixed learning rate.
     mesh: the device mesh.
+    trainable: maps one seed's params to a same-shaped tree of bools; parameters marked False
+      are frozen (their updates are zero), e.g. ``finetune.trainable("frozen_conv")``. None
+      trains everything.
 
   Returns:
     The initial state, step 0.
   """
   tx = optax.adam(learning_rate)
+  if trainable is not None:
+    labels = lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
   def init(key):
     variables = model.init({"params": key}, jnp.zeros((1, *input_shape), jnp.float32))

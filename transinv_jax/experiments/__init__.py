@@ -1,5 +1,8 @@
-"""Experiments: each turns one config into files in a workdir. ``EXPERIMENTS[config.experiment]``."""
+"""Experiments: each config describes stages and tests that ``pipeline.run`` turns into files.
 
-from transinv_jax.experiments import exp1
+``EXPERIMENTS[config.experiment]`` runs one; they differ only in their configs and figures.
+"""
 
-EXPERIMENTS = {"exp1": exp1.run}
+from transinv_jax.experiments import pipeline
+
+EXPERIMENTS = {name: pipeline.run for name in ("exp1", "exp2", "exp3", "exp4", "exp5", "fcn")}

@@ -1,0 +1,46 @@
+r"""Biscione & Bowers, experiment 2: pretrain fully translated, fine-tune at one location (6x6).
+
+A VGG16 is pretrained on each of the six datasets with items anywhere on the canvas (fully
+translated), then fine-tuned on each dataset's 1-location version (leftmost-centred) and tested on
+that dataset over the 19x19 grid. 6 pretrained networks (each trained once and reused by its six
+fine-tunes) x 6 fine-tunes, five seeds each, trained together. Outputs: the normalised-accuracy
+matrix (figure 2B), bars with std (figure 6), heatmaps, results.csv.
+
+  python -m transinv_jax.main --config=configs/exp2.py --workdir=runs/exp2
+  python -m transinv_jax.main --config=configs/exp2.py:emnist,mnist --workdir=runs/exp2_em_m
+
+Config arguments: a pretraining dataset (its six fine-tunes) or ``pretrain,finetune`` (one cell),
+e.g. ``emnist,mnist``; plus ``smoke`` (CPU sizes). Fine-tuning trains every layer; set
+``--config.finetune=frozen_conv`` or ``classifier`` to freeze more. Share trained stages with exp5
+through ``--config.stage_dir=runs/stages``.
+
+Expected cost at the paper's sizes: 42 trainings of 5 seeds (at most 5000 steps at batch 32 each)
+and 36 sweeps; about an hour per seed group on one H100 (DESIGN.md measured ~3 h for a naive
+sequential run of all seeds).
+"""
+
+from transinv_jax.experiments import spec
+
+
+def get_config(arg: str | None = None):
+  """exp2 config; ``arg`` e.g. ``"emnist"``, ``"emnist,mnist"``, ``"leek2,mnist,smoke"``."""
+  tokens, smoke = spec.parse_arg(arg)
+  if len(tokens) > 2:
+    raise ValueError(f"configs/exp2.py: {arg!r}: give a pretraining dataset, or pretrain,finetune")
+  chosen = [spec.dataset_name(t) for t in tokens]
+  config = spec.base_config("exp2")
+  for pretrain in spec.DATASETS:
+    config.stages[f"pretrain_{pretrain}"] = spec.stage(
+        data={"dataset": pretrain, "train_location": "fully_translated"})
+    for finetune in spec.DATASETS:
+      name = f"{pretrain}_{finetune}"
+      config.stages[f"finetune_{name}"] = spec.stage(
+          parent=f"pretrain_{pretrain}", data={"dataset": finetune})
+      config.tests[name] = spec.test(f"finetune_{name}",
+                                     labels={"pretrain": pretrain, "finetune": finetune})
+  pretrains = chosen[:1] or spec.DATASETS
+  finetunes = chosen[1:] or spec.DATASETS
+  spec.keep_tests(config, [f"{p}_{f}" for p in pretrains for f in finetunes], arg or "")
+  if smoke:
+    spec.shrink_for_smoke(config)
+  return config

@@ -1,0 +1,47 @@
+r"""Biscione & Bowers, experiment 3: the whole canvas, but each class only in its own area.
+
+The centres of the canvas are split into 9 equal areas (58x58 px of centres on 224 / 50 items);
+EMNIST's first 18 letters (EMNIST18, A-R) are trained two per area (A, B in the top-left area,
+row-major), each item centred anywhere in its area (never cropped; an item may overlap the next
+area). Then two tests:
+
+  finetune   the network fine-tuned on 1-location MNIST, tested on MNIST over the grid
+             (figure 3A): no invariance on the untrained locations
+  emnist18   the pretrained network on EMNIST18 fully translated, without fine-tuning
+             (figure 3B): letters recognised only in their own area
+
+  python -m transinv_jax.main --config=configs/exp3.py --workdir=runs/exp3
+  python -m transinv_jax.main --config=configs/exp3.py:emnist18 --workdir=runs/exp3_emnist18
+
+Config arguments: ``finetune`` or ``emnist18`` (one test; default both), plus ``smoke`` (CPU
+sizes). Per-class heatmaps are in each test's folder; ``--config.data.fit=whole`` keeps every
+item wholly inside its area instead.
+
+Expected cost at the paper's sizes: two trainings of 5 seeds (at most 5000 steps at batch 32)
+and two sweeps: minutes on one H100.
+"""
+
+from transinv_jax.data import locations
+from transinv_jax.experiments import spec
+
+TESTS = ("finetune", "emnist18")
+
+
+def get_config(arg: str | None = None):
+  """exp3 config; ``arg`` e.g. ``"finetune"``, ``"emnist18,smoke"``."""
+  tokens, smoke = spec.parse_arg(arg)
+  unknown = [t for t in tokens if t not in TESTS]
+  if unknown:
+    raise ValueError(f"configs/exp3.py: unknown argument(s) {unknown}; use {TESTS} or smoke")
+  config = spec.base_config("exp3")
+  config.stages.pretrain = spec.stage(data={
+      "dataset": "emnist_letters", "classes": 18, "train_location": "regions",
+      "layout": locations.area_layout(3, 2)})
+  config.stages.finetune_mnist = spec.stage(parent="pretrain", data={"dataset": "mnist"})
+  config.tests.finetune = spec.test("finetune_mnist", labels={"pretrain": "emnist18_areas",
+                                                              "finetune": "mnist"})
+  config.tests.emnist18 = spec.test("pretrain", labels={"pretrain": "emnist18_areas"})
+  spec.keep_tests(config, tokens or list(TESTS), arg or "")
+  if smoke:
+    spec.shrink_for_smoke(config)
+  return config

@@ -1,0 +1,69 @@
+r"""Biscione & Bowers, experiment 4: quadrants; the upper-right quadrant is treated specially.
+
+EMNIST letters (26 classes) are trained with item centres restricted by quadrant, then tested
+fully translated (the 19x19 grid over the whole canvas), and also after 1-location MNIST
+fine-tuning (appendix A.2.2):
+
+  1     every letter everywhere but the upper-right quadrant (figures 4 left, 7, 8 left)
+  2     letters T-Z only in the upper-right quadrant, the others only elsewhere (figures 4
+        right, 8 right)
+  3.1   letter A fully translated, the others only in the upper-right quadrant (figure 9)
+  3.2   A-J fully translated, the others upper-right only
+  3.3   A-T fully translated, the others upper-right only
+  3.4   A-Y fully translated, Z upper-right only
+
+For conditions 3.x the figures show the fully translated and the upper-right-only letters apart.
+
+  python -m transinv_jax.main --config=configs/exp4.py --workdir=runs/exp4
+  python -m transinv_jax.main --config=configs/exp4.py:2 --workdir=runs/exp4_c2
+
+Config arguments: conditions (1, 2, 3.1, 3.2, 3.3, 3.4; default all), optionally ``emnist`` (only
+the tests without fine-tuning) or ``mnist`` (only those after MNIST fine-tuning), plus ``smoke``.
+
+Expected cost at the paper's sizes: 12 trainings of 5 seeds (at most 5000 steps at batch 32) and
+12 sweeps: under an hour on one H100.
+"""
+
+import json
+
+from transinv_jax.data import locations
+from transinv_jax.experiments import spec
+
+CONDITIONS = ("1", "2", "3.1", "3.2", "3.3", "3.4")
+# Conditions 3.x: the letters trained everywhere (the others only upper-right).
+FULLY_TRANSLATED = {"3.1": 1, "3.2": 10, "3.3": 20, "3.4": 25}
+
+
+def get_config(arg: str | None = None):
+  """exp4 config; ``arg`` e.g. ``"1"``, ``"3.2,mnist"``, ``"2,smoke"``."""
+  tokens, smoke = spec.parse_arg(arg)
+  kinds = [t for t in tokens if t in ("emnist", "mnist")]
+  conditions = [t for t in tokens if t not in kinds]
+  unknown = [c for c in conditions if c not in CONDITIONS]
+  if unknown:
+    raise ValueError(f"configs/exp4.py: unknown argument(s) {unknown}; use conditions "
+                     f"{CONDITIONS}, emnist or mnist, and smoke")
+  config = spec.base_config("exp4")
+  names = []
+  for condition in CONDITIONS:
+    c = "c" + condition.replace(".", "_")
+    config.stages[f"pretrain_{c}"] = spec.stage(data={
+        "dataset": "emnist_letters", "train_location": "regions",
+        "layout": locations.quadrant_layout(condition)})
+    config.stages[f"finetune_{c}_mnist"] = spec.stage(parent=f"pretrain_{c}",
+                                                      data={"dataset": "mnist"})
+    labels = {"condition": condition}
+    if condition in FULLY_TRANSLATED:
+      n = FULLY_TRANSLATED[condition]
+      labels["class_groups"] = json.dumps({"fully translated": list(range(n)),
+                                           "upper-right only": list(range(n, 26))})
+    config.tests[c] = spec.test(f"pretrain_{c}", labels=labels)
+    config.tests[f"{c}_mnist"] = spec.test(f"finetune_{c}_mnist",
+                                           labels={"condition": condition, "finetune": "mnist"})
+    if condition in (conditions or CONDITIONS):
+      names += [n for n, kind in ((c, "emnist"), (f"{c}_mnist", "mnist"))
+                if kind in (kinds or ("emnist", "mnist"))]
+  spec.keep_tests(config, names, arg or "")
+  if smoke:
+    spec.shrink_for_smoke(config)
+  return config

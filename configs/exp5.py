@@ -1,0 +1,70 @@
+r"""Biscione & Bowers, experiment 5: cosine similarity of internal representations.
+
+For one test item per class at the leftmost-centred location and the same item moved along x to
+every grid column (displacements up to 173 px on 224 / 50), the cosine similarity of the
+activations of every conv and linear layer (after ReLU), per seed; the penultimate layer
+("pre_logits", fc7) gives figures 5 and 10, every layer figures 11 and 12. Networks:
+
+  vanilla     untrained (Kaiming initialisation), on each dataset's items       (figure 5A, 11)
+  imagenet    torchvision's ImageNet VGG16, not fine-tuned (needs
+              --config.imagenet_weights)                                        (figure 5A, 11)
+  pretrained  exp2's network pretrained fully translated on P, on F's items (before fine-tuning)
+  finetuned   that network fine-tuned on 1-location F, on F's items (after)      (figures 5B, 10)
+
+  python -m transinv_jax.main --config=configs/exp5.py --workdir=runs/exp5 \
+      --config.imagenet_weights=/path/to/vgg16-397923af.pth --config.stage_dir=runs/stages
+
+With ``--config.stage_dir`` shared with exp2, the 6 pretrained and 36 fine-tuned networks that
+exp2 trained are reused, not trained again.
+
+Config arguments: ``vanilla``, ``imagenet``, a pretraining dataset P (before and after
+fine-tuning on each of the six), or ``P,F`` (one pair); default everything. Plus ``smoke``.
+
+Expected cost at the paper's sizes: exp2's trainings (none if shared) and 6 + 6 + 72 similarity
+tests of 5 seeds (seconds each on one H100).
+"""
+
+from transinv_jax.experiments import spec
+
+
+def get_config(arg: str | None = None):
+  """exp5 config; ``arg`` e.g. ``"vanilla"``, ``"emnist"``, ``"leek2,mnist,smoke"``."""
+  tokens, smoke = spec.parse_arg(arg)
+  config = spec.base_config("exp5")
+  groups = {"vanilla": [], "imagenet": []}
+  for dataset in spec.DATASETS:
+    config.stages[f"untrained_{dataset}"] = spec.stage(untrained=True, data={"dataset": dataset})
+    config.stages[f"imagenet_{dataset}"] = spec.stage(untrained=True, imagenet=True,
+                                                      data={"dataset": dataset})
+    config.stages[f"pretrain_{dataset}"] = spec.stage(
+        data={"dataset": dataset, "train_location": "fully_translated"})
+    for network, stage in (("vanilla", f"untrained_{dataset}"),
+                           ("imagenet", f"imagenet_{dataset}")):
+      config.tests[f"{network}_{dataset}"] = spec.test(
+          stage, kind="similarity", labels={"network": network, "items": dataset})
+      groups[network].append(f"{network}_{dataset}")
+  for pretrain in spec.DATASETS:
+    for finetune in spec.DATASETS:
+      pair = f"{pretrain}_{finetune}"
+      config.stages[f"finetune_{pair}"] = spec.stage(parent=f"pretrain_{pretrain}",
+                                                     data={"dataset": finetune})
+      labels = {"pretrain": pretrain, "finetune": finetune, "items": finetune}
+      config.tests[f"before_{pair}"] = spec.test(
+          f"pretrain_{pretrain}", kind="similarity", data={"dataset": finetune},
+          labels={**labels, "network": "pretrained"})
+      config.tests[f"after_{pair}"] = spec.test(
+          f"finetune_{pair}", kind="similarity", labels={**labels, "network": "finetuned"})
+      groups.setdefault(pretrain, []).extend([f"before_{pair}", f"after_{pair}"])
+      groups[pair] = [f"before_{pair}", f"after_{pair}"]
+  if not tokens:
+    names = list(config.tests)
+  elif tokens[0] in ("vanilla", "imagenet") and len(tokens) == 1:
+    names = groups[tokens[0]]
+  elif len(tokens) <= 2:
+    names = groups["_".join(spec.dataset_name(t) for t in tokens)]
+  else:
+    raise ValueError(f"configs/exp5.py: {arg!r}: use vanilla, imagenet, P or P,F (and smoke)")
+  spec.keep_tests(config, names, arg or "")
+  if smoke:
+    spec.shrink_for_smoke(config)
+  return config

@@ -1,0 +1,654 @@
+"""The staged pipeline: train each needed stage once (pretrain -> fine-tune), then run the tests.
+
+config -> stages (items on the device, canvases made there, seeds trained together) -> tests
+(shift sweep or cosine similarity per seed) -> tables and figures -> files:
+
+  config.json                 the resolved config (a rerun must match it)
+  progress.json               which stage or test runs now, its step, steps/s and ETA
+  <stage_dir>/<stage>-<key>/  one trained stage, reused by every test and fine-tune that needs it:
+      stage.json                what determines it (data, model, train, parent's key, seeds)
+      checkpoints/, metrics.jsonl   orbax checkpoints (a rerun resumes) and training records
+      export/seed<s>/         variables.npz + config.json for each seed (numpy-readable)
+      done.json               written last: the stage is finished once it exists
+  tests/<test>/               sweep.npz and heatmaps, or similarity.npz; result.json written last
+  results.csv, results.json   one row per test: per-seed figures, their mean and std
+  figures/                    the experiment's figures (reports.py)
+  summary.json                written last: the experiment is complete once it exists
+
+``<stage_dir>`` is ``config.stage_dir`` or ``<workdir>/stages``; ``<key>`` hashes everything that
+determines the stage, so stages can be shared between experiments (exp2 and exp5) safely.
+"""
+
+import copy
+import dataclasses
+import functools
+import hashlib
+import json
+import pathlib
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from transinv_jax import checkpoints, config_checks, evaluate, finetune, models, plots
+from transinv_jax import sharding, similarity, train
+from transinv_jax import workdir as workdir_lib
+from transinv_jax.data import canvas, locations, sources
+from transinv_jax.experiments import reports, spec
+from transinv_jax.models import pretrained
+
+# Keys that change how a stage is run, not what it computes: left out of its cache key.
+_RUN_ONLY = {("data", "data_dir"), ("data", "tfds_download"), ("train", "log_every"),
+             ("train", "scan_steps"), ("train", "checkpoint_every")}
+
+
+def _as_dict(config: ml_collections.ConfigDict) -> dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """A stage's flat config: the shared sections with the stage's overrides applied."""
+  entry = config.stages[name]
+  flat = ml_collections.ConfigDict({
+      "seed": config.seed, "num_seeds": config.num_seeds,
+      "data": copy.deepcopy(config.data.to_dict()), "model": copy.deepcopy(config.model.to_dict()),
+      "train": copy.deepcopy(config.train.to_dict()), "eval": copy.deepcopy(config.eval.to_dict())})
+  for section in ("data", "model", "train"):
+    for key, value in entry[section].items():
+      if value is not None:  # None: inherit the shared section's value
+        flat[section][key] = value
+  if entry.imagenet:
+    flat.model.pretrained = config.imagenet_weights
+  return flat
+
+
+def test_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+  """A test's flat config: its stage's, with the test's data overrides."""
+  entry = config.tests[name]
+  flat = stage_config(config, entry.stage)
+  for key, value in entry.data.items():
+    if value is not None:
+      flat.data[key] = value
+  return flat
+
+
+def stage_key(config: ml_collections.ConfigDict, name: str) -> str:
+  """``<name>-<hash>``: the hash covers the stage's data, model, training, seeds and parent."""
+  entry, flat = config.stages[name], _as_dict(stage_config(config, name))
+  identity = {"seed": flat["seed"], "num_seeds": flat["num_seeds"],
+              "finetune": finetune_policy(config, name) if entry.parent else "", "untrained": entry.untrained,
+              "parent": stage_key(config, entry.parent) if entry.parent else ""}
+  for section in ("data", "model", "train"):
+    identity[section] = {k: v for k, v in flat[section].items() if (section, k) not in _RUN_ONLY}
+  if entry.untrained:
+    identity.pop("train")
+  if identity["model"]["pretrained"]:  # the file's contents, not where it lies
+    identity["model"]["pretrained"] = pathlib.Path(identity["model"]["pretrained"]).name
+  digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+  return f"{name}-{digest}"
+
+
+def finetune_policy(config: ml_collections.ConfigDict, name: str) -> str:
+  """The stage's fine-tuning policy: its own, else ``config.finetune``."""
+  return config.stages[name].finetune or config.finetune
+
+
+def stage_order(config: ml_collections.ConfigDict) -> list[str]:
+  """The stages the tests need, each after its parent."""
+  order = []
+
+  def visit(name, chain=()):
+    if name in chain:
+      raise config_checks.ConfigError(f"config.stages: {' -> '.join(chain + (name,))} is a cycle")
+    if name not in config.stages:
+      raise config_checks.ConfigError(
+          f"{chain[-1] if chain else 'a test'} needs stage {name!r}, which config.stages does "
+          f"not define; defined: {', '.join(config.stages) or 'none'}")
+    parent = config.stages[name].parent
+    if parent:
+      visit(parent, chain + (name,))
+    if name not in order:
+      order.append(name)
+
+  for test_name in config.tests:
+    visit(config.tests[test_name].stage)
+  return order
+
+
+def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Checks the whole pipeline before any file is written: every stage and test config."""
+  _require = config_checks.require
+  _require(len(config.tests) > 0, "config.tests is empty: nothing to run")
+  if config.data.dataset:
+    _require(config.data.dataset in sources.DATASETS,
+             f"config.data.dataset={config.data.dataset!r} is not a known dataset; use one of "
+             f"{', '.join(sources.DATASETS)}")
+    per_stage = sorted({config.stages[n].data.get("dataset") for n in stage_order(config)} -
+                       {None, config.data.dataset})
+    _require(not per_stage,
+             f"config.data.dataset={config.data.dataset!r} has no effect: this experiment sets "
+             f"the dataset of each stage ({', '.join(per_stage)}); select cells with the config "
+             "argument instead, e.g. configs/exp1.py:kmnist,vanilla")
+  for name in stage_order(config):
+    entry = config.stages[name]
+    _require(finetune_policy(config, name) in spec.FINETUNE_POLICIES,
+             f"config.stages.{name}.finetune or config.finetune="
+             f"{finetune_policy(config, name)!r}: use one of "
+             f"{', '.join(spec.FINETUNE_POLICIES)}")
+    if entry.imagenet:
+      _require(bool(config.imagenet_weights),
+               f"stage {name} starts from ImageNet weights, but config.imagenet_weights is empty: "
+               "pass --config.imagenet_weights=/path/to/vgg16-397923af.pth (torchvision's "
+               "ImageNet VGG16), or select cells without the ImageNet network (see the config's "
+               "docstring)")
+    _require(not (entry.parent and entry.imagenet),
+             f"config.stages.{name}: a stage starts from a parent or from ImageNet, not both")
+    try:
+      config_checks.check_config(stage_config(config, name), num_devices)
+    except config_checks.ConfigError as e:
+      raise config_checks.ConfigError(f"stage {name}: {e}") from None
+  for name, entry in config.tests.items():
+    _require(entry.kind in spec.TEST_KINDS,
+             f"config.tests.{name}.kind={entry.kind!r}: use one of {', '.join(spec.TEST_KINDS)}")
+    flat = test_config(config, name)
+    _require(flat.data.dataset in sources.DATASETS,
+             f"config.tests.{name}.data.dataset={flat.data.dataset!r}: use one of "
+             f"{', '.join(sources.DATASETS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def load_items(data: ml_collections.ConfigDict, split: str, max_items: int) -> sources.ItemSet:
+  """A split's items as ``data`` names them, restricted to the first ``data.classes`` classes."""
+  item_set = sources.load_items(
+      data.dataset, split, source=data.source, data_dir=data.data_dir or None,
+      max_items=0 if data.classes else max_items, download=data.tfds_download)
+  if data.classes:
+    if data.classes > item_set.num_classes:
+      raise config_checks.ConfigError(
+          f"config.data.classes={data.classes}, but {data.dataset} has only "
+          f"{item_set.num_classes} classes")
+    keep = np.flatnonzero(item_set.labels < data.classes)
+    keep = keep[:max_items] if max_items else keep
+    item_set = sources.ItemSet(images=item_set.images[keep], labels=item_set.labels[keep],
+                               num_classes=data.classes,
+                               class_names=item_set.class_names[:data.classes])
+  return item_set
+
+
+def to_device(item_set: sources.ItemSet, item_size: int, mesh) -> train.Items:
+  """Resizes items on the device, once, and replicates them over the mesh."""
+  images = canvas.resize_items(item_set.images, item_size)
+  return jax.device_put(train.Items(images=images, labels=jnp.asarray(item_set.labels, jnp.int32)),
+                        sharding.replicated(mesh))
+
+
+def test_axes(config: ml_collections.ConfigDict) -> np.ndarray:
+  """The tested centres along each axis (the canvas is square, so x and y share them)."""
+  d = config.data
+  if config.eval.grid == "dense":
+    return locations.dense_axis(d.canvas_size, d.item_size, config.eval.dense_stride)
+  return locations.paper_axis(d.canvas_size, d.item_size, config.eval.grid_step)
+
+
+def trained_centre(data: ml_collections.ConfigDict) -> tuple[int, int] | None:
+  """The one training location of a 1-location stage; None for any other sampler."""
+  if data.train_location == "leftmost_centred":
+    return locations.leftmost_centred_centre(data.canvas_size, data.item_size)
+  if data.train_location == "fixed":
+    return tuple(int(c) for c in data.fixed_centre)
+  return None
+
+
+def make_sampler(data: ml_collections.ConfigDict, num_classes: int) -> locations.Sampler:
+  return locations.make_sampler(data.train_location, data.canvas_size, data.item_size,
+                                data.fixed_centre, layout=data.layout, num_classes=num_classes,
+                                fit=data.fit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+@dataclasses.dataclass
+class TrainedStage:
+  """A finished stage.
+
+  Attributes:
+    variables: the network's variables, stacked over seeds when there are several.
+    mean, std: the canvas normalisation the network was trained with.
+    num_classes: its output size.
+    summary: ``done.json``: steps, stop reasons and final training accuracy per seed.
+  """
+  variables: Any
+  mean: np.ndarray
+  std: np.ndarray
+  num_classes: int
+  summary: dict
+
+
+class Pipeline:
+  """Runs one experiment config in one workdir; every result is cached on disk."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
+    self.config, self.workdir, self.mesh = config, workdir, mesh
+    self.stage_dir = pathlib.Path(config.stage_dir) if config.stage_dir else workdir / "stages"
+    self.seeds = [config.seed + i for i in range(config.num_seeds)]
+    self.multi = len(self.seeds) > 1
+    self.platform = jax.default_backend()
+    self._stages: dict[str, TrainedStage] = {}
+    self._items: dict[tuple, tuple[sources.ItemSet, train.Items]] = {}
+    self.order = stage_order(config)
+    self.progress = {"stages_total": len(self.order), "tests_total": len(config.tests),
+                     "stages_done": 0, "tests_done": 0}
+
+  # -- bookkeeping
+
+  def _report(self, **fields) -> None:
+    self.progress.update(fields)
+    if workdir_lib.is_writer():
+      workdir_lib.write_json_atomic(self.workdir / "progress.json", self.progress)
+
+  def items(self, data: ml_collections.ConfigDict, split: str, max_items: int):
+    """(host ItemSet, device Items) for a split, loaded and resized once per run."""
+    key = (data.dataset, data.classes, data.source, split, max_items, data.item_size)
+    if key not in self._items:
+      item_set = load_items(data, split, max_items)
+      self._items[key] = item_set, to_device(item_set, data.item_size, self.mesh)
+    return self._items[key]
+
+  def _render(self, data, mean, std):
+    return functools.partial(
+        canvas.render, canvas_size=data.canvas_size, mean=jnp.asarray(mean), std=jnp.asarray(std),
+        channels=data.channels, dtype=models.compute_dtype(self.config.model.dtype, self.platform))
+
+  def per_seed(self, variables) -> list:
+    if not self.multi:
+      return [variables]
+    return [jax.tree.map(lambda x, i=i: x[i], variables) for i in range(len(self.seeds))]
+
+  # -- stages
+
+  def stage(self, name: str) -> TrainedStage:
+    """The stage's trained network: from the cache, or trained now (its parent first)."""
+    if name in self._stages:
+      return self._stages[name]
+    flat, entry = stage_config(self.config, name), self.config.stages[name]
+    directory = self.stage_dir / stage_key(self.config, name)
+    parent = self.stage(entry.parent) if entry.parent else None
+    done = directory / "done.json"
+    if done.exists():
+      summary = json.loads(done.read_text())
+      variables = [checkpoints.load_exported(directory / "export" / f"seed{s}")[0]
+                   for s in self.seeds]
+      variables = (jax.tree.map(lambda *xs: np.stack(xs), *variables) if self.multi
+                   else variables[0])
+      logging.info("stage %s: finished earlier, loaded from %s", name, directory)
+      result = TrainedStage(jax.device_put(variables, sharding.replicated(self.mesh)),
+                            np.asarray(summary["mean"], np.float32),
+                            np.asarray(summary["std"], np.float32), summary["num_classes"],
+                            summary)
+    else:
+      result = self._train_stage(name, flat, entry, directory, parent)
+    self._stages[name] = result
+    self._report(stages_done=self.progress["stages_done"] + 1)
+    return result
+
+  def _train_stage(self, name, flat, entry, directory: pathlib.Path,
+                   parent: TrainedStage | None) -> TrainedStage:
+    d, t = flat.data, flat.train
+    train_set, train_items = self.items(d, "train", d.max_train_items)
+    model = models.build_model(flat.model, train_set.num_classes, self.platform)
+    init_key, data_key = (jnp.stack(keys) if self.multi else keys[0] for keys in
+                          zip(*(jax.random.split(jax.random.key(s)) for s in self.seeds)))
+    policy = finetune_policy(self.config, name) if parent is not None else "all"
+    state = train.create_train_state(model, init_key, (d.canvas_size, d.canvas_size, d.channels),
+                                     t.learning_rate, self.mesh,
+                                     trainable=finetune.trainable(policy))
+    if parent is not None:
+      try:
+        variables = finetune.transfer(parent.variables, state.variables)
+      except ValueError as e:
+        raise config_checks.ConfigError(f"stage {name} (parent {entry.parent}): {e}") from None
+      state = state.replace(params=variables["params"],
+                            batch_stats=variables.get("batch_stats", state.batch_stats))
+    elif flat.model.pretrained:
+      variables = pretrained.load_pretrained(flat.model.pretrained, flat.model.name,
+                                             jax.device_get(state.variables), seeds=self.multi)
+      variables = jax.device_put(variables, sharding.replicated(self.mesh))
+      state = state.replace(params=variables["params"],
+                            batch_stats=variables.get("batch_stats", state.batch_stats))
+      logging.info("stage %s: starting from the pretrained weights in %s", name,
+                   flat.model.pretrained)
+    mean, std = canvas.canvas_stats(train_items.images, d.canvas_size, d.channels)
+    if workdir_lib.is_writer():
+      directory.mkdir(parents=True, exist_ok=True)
+      workdir_lib.write_json_atomic(directory / "stage.json", {
+          "name": name, "key": directory.name, "parent": entry.parent, "finetune": policy,
+          "untrained": entry.untrained, "config": _as_dict(flat)})
+    index = self.order.index(name) + 1
+    if entry.untrained:
+      result = train.TrainResult(state=state, stop_reason="untrained", steps=0,
+                                 final_train_accuracy=None, seconds=0.0)
+      reasons, steps, accuracy = ["untrained"] * len(self.seeds), [0] * len(self.seeds), None
+    else:
+      result = self._run_training(name, index, flat, state, train_items, data_key, model,
+                                  train_set.num_classes, mean, std, directory)
+      as_list = lambda v: v if self.multi else [v]
+      reasons, steps = as_list(result.stop_reason), as_list(result.steps)
+      accuracy = as_list(result.final_train_accuracy)
+    for seed, variables in zip(self.seeds, self.per_seed(result.state.variables)):
+      checkpoints.export_variables(directory / "export" / f"seed{seed}", variables, _as_dict(flat))
+    summary = {"stage": name, "key": directory.name, "parent": entry.parent,
+               "dataset": d.dataset, "train_location": d.train_location, "seeds": self.seeds,
+               "stop_reason": reasons, "steps": steps, "final_train_accuracy": accuracy,
+               "train_seconds": result.seconds, "num_classes": train_set.num_classes,
+               "class_names": list(train_set.class_names),
+               "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()}
+    if workdir_lib.is_writer():
+      workdir_lib.write_json_atomic(directory / "done.json", summary)
+    return TrainedStage(result.state.variables, np.asarray(mean), np.asarray(std),
+                        train_set.num_classes, summary)
+
+  def _run_training(self, name, index, flat, state, train_items, data_key, model, num_classes,
+                    mean, std, directory) -> train.TrainResult:
+    d, t = flat.data, flat.train
+    ckpts = checkpoints.Checkpoints(directory / "checkpoints")
+    restored = ckpts.restore_latest(state)
+    if restored is not None:
+      state = restored
+      logging.info("stage %s: restored step %s", name, jax.device_get(state.step).tolist())
+    writer = workdir_lib.MetricsWriter(directory / "metrics.jsonl")
+    total = len(self.order)
+
+    def on_metrics(record):
+      writer.write(**record)
+      shown = {k: np.round(v, 3).tolist() for k, v in record.items()}
+      logging.info("[stage %d/%d %s] step %s loss %s train_accuracy %s streak %s "
+                   "(%s steps/s, at most %s s to go)", index, total, name, shown["step"],
+                   shown["loss"], shown["train_accuracy"], shown["streak"],
+                   shown["steps_per_sec"], shown["eta_seconds"])
+      # Stages still to train after this one, each at most max_steps: an upper bound.
+      later = sum(1 for s in self.order[index:] if s not in self._stages)
+      self._report(now=f"stage {name}", stage_index=index, step=record["step"],
+                   steps_per_sec=record["steps_per_sec"], stage_eta_seconds=record["eta_seconds"],
+                   experiment_eta_seconds_at_most=record["eta_seconds"] +
+                   later * t.max_steps / max(record["steps_per_sec"], 1e-9))
+
+    logging.info("[stage %d/%d %s] training on %s (%s), %d seed(s)", index, total, name,
+                 d.dataset, d.train_location, len(self.seeds))
+    result = train.train_loop(
+        state, train_items, data_key,
+        stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps),
+        log_every=t.log_every, scan_steps=t.scan_steps, on_metrics=on_metrics,
+        on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every, seeds=self.multi,
+        render=self._render(d, mean, std), sampler=make_sampler(d, num_classes),
+        batch_size=t.batch_size, mesh=self.mesh)
+    ckpts.wait()
+    ckpts.close()
+    del model
+    return result
+
+  # -- tests
+
+  def test(self, name: str) -> dict:
+    """A test's result record (from ``tests/<name>/result.json`` when it ran before)."""
+    directory = self.workdir / "tests" / name
+    done = directory / "result.json"
+    if done.exists():
+      return json.loads(done.read_text())
+    entry, flat = self.config.tests[name], test_config(self.config, name)
+    trained = self.stage(entry.stage)
+    self._report(now=f"test {name}")
+    logging.info("[test %d/%d %s] %s of stage %s on %s", self.progress["tests_done"] + 1,
+                 self.progress["tests_total"], name, entry.kind, entry.stage, flat.data.dataset)
+    if workdir_lib.is_writer():
+      directory.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    run = self._sweep if entry.kind == "sweep" else self._similarity
+    record = run(name, entry, flat, trained, directory)
+    record.update({"test": name, "kind": entry.kind, "stage": entry.stage,
+                   "stage_key": trained.summary["key"], "dataset": flat.data.dataset,
+                   **(entry.labels.to_dict() if entry.labels else {}),
+                   "seeds": self.seeds, "stage_steps": trained.summary["steps"],
+                   "stage_stop_reason": trained.summary["stop_reason"],
+                   "seconds": time.perf_counter() - start})
+    if workdir_lib.is_writer():
+      workdir_lib.write_json_atomic(done, record)
+    self._report(tests_done=self.progress["tests_done"] + 1)
+    return record
+
+  def _model(self, flat, num_classes):
+    return models.build_model(flat.model, num_classes, self.platform)
+
+  def _test_items(self, flat, trained: TrainedStage, name: str, same_classes: bool = True):
+    item_set, items = self.items(flat.data, "test", _test_max_items(self.config, name, flat))
+    if same_classes and item_set.num_classes != trained.num_classes:
+      raise config_checks.ConfigError(
+          f"test {name}: {flat.data.dataset} has {item_set.num_classes} classes but the network "
+          f"of stage {self.config.tests[name].stage} has {trained.num_classes} outputs; test a "
+          "stage trained (or fine-tuned) on this dataset")
+    return item_set, items
+
+  def _sweep(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
+    test_set, test_items = self._test_items(flat, trained, name)
+    model = self._model(flat, trained.num_classes)
+    axis = test_axes(flat)
+    classify = lambda variables, x: model.apply(variables, x, train=False)[0]
+    sweeps = [evaluate.shift_sweep(
+        variables, test_items, locations.grid_centres(axis, axis), classify=classify,
+        render=self._render(flat.data, trained.mean, trained.std),
+        num_classes=test_set.num_classes, mesh=self.mesh,
+        items_per_batch=flat.eval.items_per_batch,
+        centres_per_chunk=flat.eval.centres_per_chunk)
+        for variables in self.per_seed(trained.variables)]
+    stage_data = stage_config(self.config, entry.stage).data
+    return write_sweep(directory, sweeps, self.seeds, axis, test_set, flat.data.canvas_size,
+                       trained_centre(stage_data), title=f"{self.config.experiment} {name}")
+
+  def _similarity(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
+    # Any network's layers can be compared on any items: the output layer is not used.
+    test_set, test_items = self._test_items(flat, trained, name, same_classes=False)
+    model = self._model(flat, trained.num_classes)
+    d = flat.data
+    base = locations.leftmost_centred_centre(d.canvas_size, d.item_size)
+    axis = test_axes(flat)
+    centres = np.stack([axis, np.full_like(axis, base[1])], -1).astype(np.int32)
+    chosen = similarity.pick_items(test_items, test_set.num_classes,
+                                   flat.eval.similarity_items_per_class)
+    apply_fn = lambda variables, x: model.apply(variables, x, train=False)
+    results = [similarity.cosine_similarity(
+        apply_fn, variables, chosen, render=self._render(d, trained.mean, trained.std),
+        base_centre=base, centres=centres) for variables in self.per_seed(trained.variables)]
+    layers = results[0].layers
+    means = np.stack([r.mean for r in results])                            # [S, L, D]
+    if workdir_lib.is_writer():
+      workdir_lib.write_npz_atomic(
+          directory / "similarity.npz", layers=np.array(layers), centres=centres,
+          displacements=results[0].displacements, seeds=np.array(self.seeds), seed_mean=means,
+          mean=means.mean(0), std=means.std(0),
+          per_item=np.stack([r.per_item for r in results]))
+    penultimate = layers.index("pre_logits") if "pre_logits" in layers else len(layers) - 1
+    return {"layers": layers, "displacements": results[0].displacements.tolist(),
+            "penultimate": layers[penultimate],
+            "penultimate_similarity": means[:, penultimate].mean(0).tolist(),
+            "penultimate_similarity_std": means[:, penultimate].std(0).tolist(),
+            "mean_penultimate_similarity": float(means[:, penultimate].mean()),
+            "mean_penultimate_similarity_std": float(means[:, penultimate].mean(1).std())}
+
+  # -- the whole run
+
+  def run(self) -> dict:
+    records = [self.test(name) for name in self.config.tests]
+    self._report(now="report")
+    summary = reports.write(self.config, self.workdir, records)
+    summary.update({"experiment": self.config.experiment, "tests": len(records),
+                    "stages": {n: stage_key(self.config, n) for n in self.order},
+                    "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"})
+    return summary
+
+
+def write_sweep(directory: pathlib.Path, sweeps: list[evaluate.SweepResult], seeds: list[int],
+                axis: np.ndarray, test_set: sources.ItemSet, canvas_size: int,
+                trained: tuple[int, int] | None, title: str) -> dict:
+  """Writes sweep.npz and the heatmaps (of the mean over seeds); returns the test's record.
+
+  Args:
+    directory: the test's folder.
+    sweeps: one sweep per seed, over the ``axis`` x ``axis`` grid.
+    seeds: the seeds.
+    axis: the tested centres along each axis.
+    test_set: the test items (class names).
+    canvas_size: canvas side, for the interpolated heatmap.
+    trained: the 1-location training centre, marked on the heatmaps (None if trained elsewhere).
+    title: figure title prefix.
+
+  Returns:
+    Mean accuracy and normalised accuracy (per seed, mean and std over seeds), accuracy at the
+    trained location, along its row, and per class.
+  """
+  n, k = len(axis), test_set.num_classes
+  seed_accuracy = np.stack([s.accuracy.reshape(n, n) for s in sweeps])          # [S, n, n]
+  accuracy = seed_accuracy.mean(0)
+  seed_class = np.stack([s.class_accuracy.reshape(n, n, k) for s in sweeps])     # [S, n, n, k]
+  class_accuracy = seed_class.mean(0)
+  normalised = np.stack([s.normalised_accuracy.reshape(n, n) for s in sweeps])
+  if workdir_lib.is_writer():
+    workdir_lib.write_npz_atomic(
+        directory / "sweep.npz", xs=axis, ys=axis, centres=sweeps[0].centres,
+        seeds=np.array(seeds), correct=np.stack([s.correct for s in sweeps]),
+        totals=sweeps[0].totals, accuracy=accuracy, accuracy_std=seed_accuracy.std(0),
+        seed_accuracy=seed_accuracy, class_accuracy=class_accuracy,
+        normalised_accuracy=normalised.mean(0), class_names=np.array(test_set.class_names),
+        trained_centre=np.array(trained if trained else (-1, -1)))
+    over = f" (mean of {len(seeds)} seeds)" if len(seeds) > 1 else ""
+    plots.grid_heatmap(accuracy, axis, axis, str(directory / "heatmap.png"),
+                       title=f"{title}: accuracy by item centre{over}", trained=trained,
+                       chance=1 / k)
+    plots.canvas_heatmap(accuracy, axis, axis, canvas_size,
+                         str(directory / "heatmap_interpolated.png"),
+                         title=f"{title}: accuracy by item centre{over}", trained=trained,
+                         chance=1 / k)
+    plots.class_heatmaps(class_accuracy, axis, axis, test_set.class_names,
+                         str(directory / "heatmap_per_class.png"),
+                         title=f"{title}: accuracy per class{over}", trained=trained)
+  record = {"grid": [n, n], "test_items": int(sweeps[0].totals.sum()),
+            "num_classes": k, "chance": 1 / k,
+            "trained_centre": list(trained) if trained else None}
+  figures = {"mean_accuracy": seed_accuracy.mean((1, 2)),
+             "mean_normalised_accuracy": normalised.mean((1, 2))}
+  if trained is not None and trained[1] in axis:
+    row = int(np.searchsorted(axis, trained[1]))
+    record["accuracy_along_trained_row"] = {str(x): float(a) for x, a in zip(axis, accuracy[row])}
+    if trained[0] in axis:
+      figures["accuracy_at_trained_location"] = seed_accuracy[
+          :, row, int(np.searchsorted(axis, trained[0]))]
+  with warnings.catch_warnings():  # a class without test items has no accuracy: NaN
+    warnings.simplefilter("ignore", RuntimeWarning)
+    record["class_mean_accuracy"] = dict(zip(test_set.class_names,
+                                             np.nanmean(class_accuracy, (0, 1)).tolist()))
+  for name, values in figures.items():
+    record[name] = float(values.mean())
+    record[f"{name}_std"] = float(values.std())
+    record[f"{name}_per_seed"] = values.tolist()
+  return record
+
+
+def _prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict | None:
+  """Creates the workdir, or checks that an existing one holds this config.
+
+  Returns:
+    The stored summary if this exact experiment already finished, else None.
+  """
+  stored_path = workdir / "config.json"
+  current = _as_dict(config)
+  if stored_path.exists():
+    stored = json.loads(stored_path.read_text())
+    if stored != current:
+      changed = sorted(_diff(stored, current))
+      raise config_checks.ConfigError(
+          f"--workdir={workdir} holds a run with a different config (changed: "
+          f"{', '.join(changed)}); use a new --workdir (share trained stages between workdirs "
+          "with --config.stage_dir), or delete that one to start over")
+    summary = workdir / workdir_lib.SUMMARY
+    if summary.exists():
+      return json.loads(summary.read_text())
+    logging.info("resuming the run in %s", workdir)
+  elif workdir_lib.is_writer():
+    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_json_atomic(stored_path, current)
+  return None
+
+
+def _diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [k for key in sorted(set(a) | set(b))
+            for k in _diff(a.get(key), b.get(key), f"{prefix}.{key}")]
+  return [] if a == b else [prefix]
+
+
+def _test_max_items(config, name: str, flat) -> int:
+  """Sweeps take the first ``eval.max_items``; similarity picks per class from the whole split."""
+  return flat.eval.max_items if config.tests[name].kind == "sweep" else 0
+
+
+def check_inputs(pipeline: Pipeline) -> None:
+  """Loads every split the run needs, builds every sampler, and fits every pretrained file to
+  its model, so that a missing file or a bad layout stops the run before anything is written."""
+  config = pipeline.config
+  for name in pipeline.order:
+    flat = stage_config(config, name)
+    train_set, _ = pipeline.items(flat.data, "train", flat.data.max_train_items)
+    try:
+      make_sampler(flat.data, train_set.num_classes)
+    except ValueError as e:
+      raise config_checks.ConfigError(
+          f"stage {name}: config.data.train_location={flat.data.train_location!r}, "
+          f"layout={flat.data.layout!r}: {e}") from None
+    if flat.model.pretrained:
+      model = models.build_model(flat.model, train_set.num_classes, pipeline.platform)
+      d = flat.data
+      shapes = jax.eval_shape(model.init, jax.random.key(0),
+                              jnp.zeros((1, d.canvas_size, d.canvas_size, d.channels)))
+      # Zero-strided views: the shapes and dtypes that adapt() checks, without the memory.
+      target = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
+      pretrained.load_pretrained(flat.model.pretrained, flat.model.name, target)
+  for name in config.tests:
+    flat = test_config(config, name)
+    pipeline.items(flat.data, "test", _test_max_items(config, name, flat))
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes, or finds finished) the experiment that ``config`` describes.
+
+  Every check (each stage's and test's config, data files, pretrained weights, an existing
+  workdir's config) runs before any file is written.
+
+  Args:
+    config: an experiment config (see spec.py and configs/).
+    workdir: the run directory.
+
+  Returns:
+    The experiment's summary (also in ``workdir/summary.json``).
+  """
+  mesh = sharding.make_mesh()
+  check(config, mesh.size)
+  workdir = pathlib.Path(workdir)
+  pipeline = Pipeline(config, workdir, mesh)
+  check_inputs(pipeline)
+  finished = _prepare_workdir(config, workdir)
+  if finished is not None:
+    logging.info("%s already holds a finished run; nothing to do", workdir)
+    return finished
+  summary = pipeline.run()
+  if workdir_lib.is_writer():
+    workdir_lib.write_json_atomic(workdir / workdir_lib.SUMMARY, summary)
+  logging.info("finished: %s", json.dumps(summary)[:2000])
+  return summary

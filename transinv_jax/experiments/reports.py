@@ -1,0 +1,245 @@
+"""Tables and figures of a finished experiment, from its tests' records (the paper's figures).
+
+Every experiment writes ``results.csv`` and ``results.json`` (one row per test) and the summary;
+the figures depend on the experiment:
+
+  exp1   accuracy bars with std per dataset and arm (figure 1C, top); interpolated heatmaps per
+         dataset and arm (figure 1C, bottom)
+  exp2   normalised-accuracy matrix pretrain x fine-tune (figure 2B); bars with std (figure 6)
+  fcn    the same two, for the fully connected network (figure 13)
+  exp3   heatmaps of each test (figure 3), per class in each test's folder
+  exp4   heatmaps of each test (figures 4, 8); for conditions 3.x, separate heatmaps of the
+         fully translated classes and of the upper-right-only classes (figure 9); per class in
+         each test's folder (figure 7)
+  exp5   penultimate cosine similarity against displacement per network and dataset (figure 5A);
+         before vs after fine-tuning for each pretraining dataset (figures 5B, 10); every layer
+         by displacement (figure 11) and at the largest displacement (figure 12)
+"""
+
+import csv
+import io
+import json
+import pathlib
+from typing import Sequence
+
+import ml_collections
+import numpy as np
+
+from transinv_jax import plots
+from transinv_jax import workdir as workdir_lib
+from transinv_jax.experiments import spec
+
+# Scalar columns of results.csv, in order (per-seed lists stay in results.json).
+COLUMNS = ("test", "kind", "stage", "dataset", "arm", "pretrain", "finetune", "condition",
+           "network", "items", "mean_accuracy", "mean_accuracy_std", "mean_normalised_accuracy",
+           "mean_normalised_accuracy_std", "accuracy_at_trained_location",
+           "accuracy_at_trained_location_std", "mean_penultimate_similarity",
+           "mean_penultimate_similarity_std", "test_items", "seconds")
+
+
+def table(records: Sequence[dict]) -> str:
+  """results.csv: one row per test; the columns no test has are left out."""
+  columns = [c for c in COLUMNS if any(c in r for r in records)]
+  out = io.StringIO()
+  writer = csv.DictWriter(out, columns, extrasaction="ignore", lineterminator="\n")
+  writer.writeheader()
+  for record in records:
+    writer.writerow({c: _cell(record.get(c)) for c in columns})
+  return out.getvalue()
+
+
+def _cell(value):
+  if isinstance(value, float):
+    return f"{value:.6g}"
+  return "" if value is None else value
+
+
+def _sweep(workdir: pathlib.Path, test: str) -> dict:
+  with np.load(workdir / "tests" / test / "sweep.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+def _similarity(workdir: pathlib.Path, test: str) -> dict:
+  with np.load(workdir / "tests" / test / "similarity.npz") as f:
+    return {k: f[k] for k in f.files}
+
+
+def _in_paper_order(names) -> list[str]:
+  """Unique dataset names in the paper's order (EMNIST, FashionMNIST, ..., Leek2)."""
+  order = {d: i for i, d in enumerate(spec.DATASETS)}
+  return sorted(dict.fromkeys(names), key=lambda d: (order.get(d, len(order)), d))
+
+
+def _label(dataset: str) -> str:
+  return spec.LABELS.get(dataset, dataset)
+
+
+def write(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+          records: Sequence[dict]) -> dict:
+  """Writes the tables and the experiment's figures; returns the summary's results part."""
+  figures = workdir / "figures"
+  written = []
+  if workdir_lib.is_writer():
+    workdir_lib.write_bytes_atomic(workdir / "results.csv", table(records).encode())
+    workdir_lib.write_json_atomic(workdir / "results.json", list(records))
+    sweeps = [r for r in records if r["kind"] == "sweep"]
+    sims = [r for r in records if r["kind"] == "similarity"]
+    if sweeps:
+      written += _heatmap_panels(workdir, sweeps, figures, config)
+    if config.experiment == "exp1" and sweeps:
+      written += _exp1_bars(sweeps, figures)
+    if config.experiment in ("exp2", "fcn") and sweeps:
+      written += _transfer_figures(sweeps, figures, config.experiment)
+    if config.experiment == "exp4":
+      written += _class_group_heatmaps(workdir, sweeps, figures)
+    if sims:
+      written += _similarity_figures(workdir, sims, figures)
+  summary = {"results": [{k: r.get(k) for k in COLUMNS if k in r} for r in records],
+             "figures": sorted(str(p.relative_to(workdir)) for p in written)}
+  return summary
+
+
+def _title(record: dict) -> str:
+  parts = [record.get(k) for k in ("arm", "condition", "pretrain", "finetune", "network")]
+  named = " / ".join(str(p) for p in parts if p)
+  return named or record["test"]
+
+
+def _heatmap_panels(workdir, sweeps, figures, config) -> list[pathlib.Path]:
+  """Every sweep's interpolated mean heatmap side by side, one panel per test."""
+  panels, titles, marks = [], [], []
+  xs = None
+  for record in sweeps:
+    data = _sweep(workdir, record["test"])
+    xs = data["xs"]
+    panels.append(data["accuracy"])
+    titles.append(f"{_title(record)}\n{_label(record['dataset'])}: "
+                  f"{100 * record['mean_accuracy']:.0f}%")
+    marks.append(record.get("trained_centre"))
+  path = figures / "heatmaps.png"
+  plots.heatmap_panels(panels, xs, xs, config.data.canvas_size, str(path), titles=titles,
+                       trained=marks, title=f"{config.experiment}: accuracy by item centre "
+                       f"(mean of {config.num_seeds} seed(s))")
+  return [path]
+
+
+def _exp1_bars(sweeps, figures) -> list[pathlib.Path]:
+  datasets = _in_paper_order(r["dataset"] for r in sweeps)
+  arms = sorted(dict.fromkeys(r.get("arm", "") for r in sweeps), reverse=True)  # vanilla first
+  means = np.full((len(arms), len(datasets)), np.nan)
+  stds = np.zeros_like(means)
+  for r in sweeps:
+    i, j = arms.index(r.get("arm", "")), datasets.index(r["dataset"])
+    means[i, j], stds[i, j] = r["mean_accuracy"], r["mean_accuracy_std"]
+  chance = [next(r["chance"] for r in sweeps if r["dataset"] == d) for d in datasets]
+  path = figures / "accuracy_bars.png"
+  plots.grouped_bars(means * 100, stds * 100, [_label(d) for d in datasets], arms, str(path),
+                     title="exp1: mean accuracy over the test grid\n(error bars: std over seeds)",
+                     ylabel="accuracy (%)", chance=[100 * c for c in chance])
+  return [path]
+
+
+def _transfer_figures(sweeps, figures, experiment) -> list[pathlib.Path]:
+  pretrains = _in_paper_order(r["pretrain"] for r in sweeps)
+  finetunes = _in_paper_order(r["finetune"] for r in sweeps)
+  means = np.full((len(pretrains), len(finetunes)), np.nan)
+  stds = np.zeros_like(means)
+  for r in sweeps:
+    i, j = pretrains.index(r["pretrain"]), finetunes.index(r["finetune"])
+    means[i, j] = r["mean_normalised_accuracy"]
+    stds[i, j] = r["mean_normalised_accuracy_std"]
+  matrix = figures / "normalised_accuracy_matrix.png"
+  plots.matrix(means, [_label(p) for p in pretrains], [_label(f) for f in finetunes],
+               str(matrix), title=f"{experiment}: normalised accuracy, fully translated test\n"
+               "(0 = chance, 100 = perfect)", xlabel="fine-tuned (1-location) and tested on",
+               ylabel="pretrained (fully translated) on", vmin=0, vmax=100)
+  bars = figures / "normalised_accuracy_bars.png"
+  plots.grouped_bars(means.T, stds.T, [_label(p) for p in pretrains],
+                     [_label(f) for f in finetunes], str(bars),
+                     title=f"{experiment}: normalised accuracy by pretraining dataset\n"
+                     "(error bars: std over seeds)",
+                     ylabel="normalised accuracy", chance=None, legend_title="fine-tuned on")
+  return [matrix, bars]
+
+
+def _class_group_heatmaps(workdir, sweeps, figures) -> list[pathlib.Path]:
+  """exp4 condition 3.x: the fully translated classes and the upper-right-only ones apart."""
+  written = []
+  for record in sweeps:
+    groups = record.get("class_groups")
+    if not groups:
+      continue
+    data = _sweep(workdir, record["test"])
+    panels, titles = [], []
+    for group, classes in json.loads(groups).items():
+      with np.errstate(invalid="ignore"):
+        panels.append(np.nanmean(data["class_accuracy"][..., classes], -1))
+      names = data["class_names"][classes]
+      titles.append(f"{group}: {names[0]}-{names[-1]}" if len(names) > 1 else
+                    f"{group}: {names[0]}")
+    path = figures / f"class_groups_{record['test']}.png"
+    plots.heatmap_panels(panels, data["xs"], data["ys"], None, str(path), titles=titles,
+                         title=f"exp4 {_title(record)}: accuracy by class group")
+    written.append(path)
+  return written
+
+
+def _similarity_figures(workdir, sims, figures) -> list[pathlib.Path]:
+  written = []
+  by_items = {}
+  for record in sims:
+    by_items.setdefault(record.get("items", record["dataset"]), []).append(record)
+  # Figure 5A: penultimate similarity against displacement, one line per network, per dataset.
+  for dataset, records in by_items.items():
+    curves = {_title(r): np.asarray(r["penultimate_similarity"]) for r in records
+              if r.get("network") in ("vanilla", "imagenet", "pretrained")}
+    stds = {_title(r): np.asarray(r["penultimate_similarity_std"]) for r in records
+            if r.get("network") in ("vanilla", "imagenet", "pretrained")}
+    if curves:
+      path = figures / f"similarity_by_displacement_{dataset}.png"
+      plots.similarity_curves(np.asarray(records[0]["displacements"]), curves, str(path),
+                              title=f"exp5: penultimate-layer cosine similarity, "
+                              f"{_label(dataset)} items", stds=stds)
+      written.append(path)
+  # Figures 5B and 10: before vs after fine-tuning, per pretraining dataset.
+  pretrains = list(dict.fromkeys(r["pretrain"] for r in sims if r.get("pretrain")))
+  for pretrain in pretrains:
+    curves = {}
+    for r in sims:
+      if r.get("pretrain") != pretrain or r.get("network") not in ("pretrained", "finetuned"):
+        continue
+      stage = 0 if r["network"] == "pretrained" else 1
+      curves.setdefault(_label(r["items"]), [np.nan, np.nan])[stage] = (
+          r["mean_penultimate_similarity"])
+    if curves:
+      path = figures / f"similarity_finetuning_{pretrain}.png"
+      plots.similarity_by_layer_lines(
+          ["before fine-tuning", "after fine-tuning"],
+          {k: np.asarray(v) for k, v in curves.items()}, str(path),
+          title=f"exp5: pretrained on {_label(pretrain)} (fully translated)\nmean penultimate "
+          "cosine similarity, per fine-tuning dataset", xlabel="stage")
+      written.append(path)
+  # Figures 11 and 12: every layer, for the networks tested on every layer.
+  at_extreme = {}
+  for r in sims:
+    if r.get("network") not in ("vanilla", "imagenet"):
+      continue
+    data = _similarity(workdir, r["test"])
+    layers = [str(l) for l in data["layers"]]
+    path = figures / f"similarity_layers_{r['test']}.png"
+    plots.similarity_layers(layers, data["displacements"], data["mean"], str(path),
+                            title=f"exp5: cosine similarity per layer, {_title(r)}, "
+                            f"{_label(r['items'])} items")
+    written.append(path)
+    at_extreme[f"{_title(r)} ({_label(r['items'])})"] = (layers, data["mean"][:, -1],
+                                                         int(data["displacements"][-1]))
+  if at_extreme:
+    layers = next(iter(at_extreme.values()))[0]
+    curves = {k: v[1] for k, v in at_extreme.items() if v[0] == layers}
+    path = figures / "similarity_layers_largest_displacement.png"
+    plots.similarity_by_layer_lines(
+        layers, curves, str(path),
+        title=f"exp5: cosine similarity per layer at the largest displacement "
+        f"({next(iter(at_extreme.values()))[2]} px)")
+    written.append(path)
+  return written

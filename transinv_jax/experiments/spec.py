@@ -1,0 +1,193 @@
+"""How experiment configs describe a staged pipeline (imports only ml_collections: configs use it).
+
+An experiment config holds the shared sections (``data``, ``model``, ``train``, ``eval``) and two
+tables built with ``stage`` and ``test``:
+
+  config.stages.<name>   a network to train: from scratch, from ImageNet weights, or fine-tuned
+                         from another stage (``parent``), with its own data/model/train overrides
+  config.tests.<name>    a measurement of a stage's network: the shift sweep over the test grid
+                         (``kind="sweep"``) or the cosine similarity of displaced items
+                         (``kind="similarity"``), with its own data overrides and table labels
+
+The pipeline trains each needed stage once (a stage used by six fine-tunes is trained once),
+caches it under ``config.stage_dir`` keyed by everything that determines it, and then runs the
+tests. A config argument keeps only some tests (one cell); the stages they need follow.
+"""
+
+import ml_collections
+
+from transinv_jax import models
+
+DATASETS = ("emnist_letters", "fashion_mnist", "kmnist", "mnist", "leek10", "leek2")
+# Short names accepted in config arguments (the paper's labels).
+ALIASES = {"emnist": "emnist_letters", "fmnist": "fashion_mnist", "fashionmnist": "fashion_mnist"}
+# The paper's labels for tables and figures.
+LABELS = {"emnist_letters": "EMNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST",
+          "mnist": "MNIST", "leek10": "Leek10", "leek2": "Leek2"}
+FINETUNE_POLICIES = ("all", "classifier", "frozen_conv")
+TEST_KINDS = ("sweep", "similarity")
+
+
+def base_config(experiment: str) -> ml_collections.ConfigDict:
+  """The shared sections at the paper's sizes (224 canvas, 50 px items, VGG16, Adam 1e-4)."""
+  config = ml_collections.ConfigDict()
+  config.experiment = experiment
+  config.seed = 0
+  config.num_seeds = 5                  # repetitions (seed, seed + 1, ...) trained together
+  config.stage_dir = ""                 # "" -> <workdir>/stages; share it to reuse stages
+  config.imagenet_weights = ""          # torchvision vgg16 .pth (or Keras .h5) for ImageNet arms
+  config.finetune = "all"               # which layers a fine-tune trains: all | classifier |
+                                        # frozen_conv (its output layer is always fresh)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = ""              # set by each stage (select cells with the config argument)
+  config.data.classes = 0               # keep the first N classes (0 = all): EMNIST18 is 18
+  config.data.source = "files"          # "files" (original files on disk) or "tfds"
+  config.data.data_dir = ""             # "" -> $TRANSINV_JAX_DATA
+  config.data.tfds_download = False     # let TFDS download (needs internet)
+  config.data.max_train_items = 0       # 0 = the whole train split
+  config.data.canvas_size = 224
+  config.data.item_size = 50
+  config.data.channels = 3              # grayscale items are replicated to 3 identical channels
+  config.data.train_location = "leftmost_centred"  # fully_translated | fixed | regions
+  config.data.fixed_centre = (25, 112)  # (x, y), used when train_location == "fixed"
+  config.data.layout = ""               # "regions": which classes go where (locations.py)
+  config.data.fit = "centre"            # "regions": the centre in the region, or the whole item
+
+  config.model = models.default_config()  # a plain VGG16; see transinv_jax/models/__init__.py
+
+  config.train = ml_collections.ConfigDict()
+  config.train.learning_rate = 1e-4     # the authors' code; the paper's text says 1e-3 (README)
+  config.train.batch_size = 32
+  config.train.max_steps = 5000
+  config.train.stop_accuracy = 0.75     # stop once training accuracy stays >= this ...
+  config.train.stop_window = 800        # ... for this many consecutive steps (0 = never)
+  config.train.log_every = 50           # steps between host syncs and metrics records
+  config.train.scan_steps = 1           # steps per compiled call (>1 helps small GPU batches)
+  config.train.checkpoint_every = 1000
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.grid = "paper"            # "paper" (19x19 on 224) or "dense" (every pixel)
+  config.eval.grid_step = 10            # "paper": spacing of the inner grid values
+  config.eval.dense_stride = 1          # "dense": spacing in pixels
+  config.eval.max_items = 2000          # test items swept (first N of the test split; 0 = all)
+  config.eval.items_per_batch = 64
+  config.eval.centres_per_chunk = 0     # centres per call; 0 = as many as device memory holds
+  config.eval.similarity_items_per_class = 1  # exp5: items per class (the authors: one)
+
+  config.stages = ml_collections.ConfigDict()
+  config.tests = ml_collections.ConfigDict()
+  return config
+
+
+def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
+  """The ``smoke`` variant: the real code paths at CPU sizes (canvas 64, items 16, width 1/16).
+
+  A 1/16-width VGG16 without BatchNorm barely moves in a few hundred steps at 1e-4; 1e-3 without
+  dropout reaches ~55% training accuracy on MNIST in 400 steps, enough to see the effect.
+  """
+  config.num_seeds = 1
+  config.data.max_train_items = 5000
+  config.data.canvas_size = 64
+  config.data.item_size = 16
+  config.data.fixed_centre = (8, 32)
+  config.model.width = 1 / 16
+  config.model.dropout = 0.0
+  config.train.learning_rate = 1e-3
+  config.train.max_steps = 400
+  config.train.stop_accuracy = 0.9
+  config.train.stop_window = 50
+  config.train.log_every = 25
+  config.train.checkpoint_every = 200
+  config.eval.max_items = 500
+  config.eval.items_per_batch = 100
+  config.eval.centres_per_chunk = 7
+
+
+def stage(*, parent: str = "", finetune: str = "", untrained: bool = False,
+          imagenet: bool = False, data: dict | None = None, model: dict | None = None,
+          train: dict | None = None) -> ml_collections.ConfigDict:
+  """One training stage.
+
+  Args:
+    parent: the stage whose trained network this one starts from ("" = a fresh network).
+    finetune: with a parent, which layers train (``FINETUNE_POLICIES``; "" = ``config.finetune``);
+      the output layer is always fresh.
+    untrained: keep the starting network as it is (no training): the "no training" and "trained
+      on ImageNet" networks of exp5.
+    imagenet: start from ``config.imagenet_weights`` (torchvision's ImageNet VGG16).
+    data, model, train: overrides of the shared sections.
+
+  Returns:
+    The stage's config entry.
+  """
+  entry = ml_collections.ConfigDict({
+      "parent": parent, "finetune": finetune, "untrained": untrained, "imagenet": imagenet})
+  base = base_config("")
+  for section, overrides in (("data", data), ("model", model), ("train", train)):
+    entry[section] = _overrides(base[section], overrides or {}, f"stage {section}")
+  return entry
+
+
+def _overrides(base: ml_collections.ConfigDict, values: dict,
+               where: str) -> ml_collections.ConfigDict:
+  """Every key of ``base``: the given value, or a typed placeholder (None = inherit).
+
+  Placeholders keep every key overridable from the command line with a locked config, e.g.
+  ``--config.stages.pretrain_mnist.train.max_steps=6000``.
+  """
+  unknown = sorted(set(values) - set(base))
+  if unknown:
+    raise ValueError(f"{where}: unknown key(s) {unknown}; use keys of the shared section")
+  return ml_collections.ConfigDict({
+      key: values[key] if key in values else
+      ml_collections.config_dict.placeholder(type(value)) for key, value in base.items()})
+
+
+def test(stage_name: str, *, kind: str = "sweep", data: dict | None = None,
+         labels: dict | None = None) -> ml_collections.ConfigDict:
+  """One test of a stage's network.
+
+  Args:
+    stage_name: the stage tested.
+    kind: ``"sweep"`` (accuracy over the test grid) or ``"similarity"`` (cosine similarity of
+      every layer between the leftmost-centred item and the item moved along x).
+    data: overrides of the stage's data (e.g. another dataset); default: the stage's own.
+    labels: strings naming the cell in tables and figures (e.g. pretrain / finetune).
+
+  Returns:
+    The test's config entry.
+  """
+  return ml_collections.ConfigDict({
+      "stage": stage_name, "kind": kind, "labels": labels or {},
+      "data": _overrides(base_config("").data, data or {}, "test data")})
+
+
+def dataset_name(token: str) -> str:
+  """A config argument's dataset name, aliases resolved; ValueError for an unknown one."""
+  name = ALIASES.get(token, token)
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {token!r}; use one of {DATASETS} (or emnist, fmnist)")
+  return name
+
+
+def parse_arg(arg: str | None) -> tuple[list[str], bool]:
+  """Splits ``"emnist,mnist,smoke"`` into the cell tokens and whether ``smoke`` was given."""
+  tokens = [t.strip().lower() for t in (arg or "").split(",") if t.strip()]
+  return [t for t in tokens if t != "smoke"], "smoke" in tokens
+
+
+def keep_tests(config: ml_collections.ConfigDict, names: list[str], selector: str) -> None:
+  """Keeps only the tests ``names`` (one cell); ValueError if none match the ``selector``."""
+  if not names:
+    raise ValueError(f"config argument {selector!r} selects no test; see the config's docstring")
+  kept = ml_collections.ConfigDict({n: config.tests[n] for n in names})
+  config.tests = kept
+  needed = set()
+  for name in names:
+    stage_name = config.tests[name].stage
+    while stage_name and stage_name not in needed:
+      needed.add(stage_name)
+      stage_name = config.stages[stage_name].parent
+  config.stages = ml_collections.ConfigDict(
+      {n: s for n, s in config.stages.items() if n in needed})
