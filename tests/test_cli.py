@@ -72,7 +72,7 @@ def test_smoke_run_writes_every_output(smoke_run):
   assert records[-1]["eta_seconds"] == 0 and records[0]["eta_seconds"] > 0
   progress = json.loads((workdir / "progress.json").read_text())
   assert progress["stages_done"] == progress["stages_total"] == 1
-  assert progress["tests_done"] == progress["tests_total"] == 1
+  assert progress["tests_done"] == progress["tests_total"] == 1 and progress["now"] == "finished"
 
 
 def test_rerun_of_a_finished_run_does_nothing(smoke_run):

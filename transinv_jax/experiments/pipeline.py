@@ -251,7 +251,8 @@ class Pipeline:
 
   # -- bookkeeping
 
-  def _report(self, **fields) -> None:
+  def report(self, **fields) -> None:
+    """Updates progress.json with ``fields``."""
     self.progress.update(fields)
     if workdir_lib.is_writer():
       workdir_lib.write_json_atomic(self.workdir / "progress.json", self.progress)
@@ -298,7 +299,7 @@ class Pipeline:
     else:
       result = self._train_stage(name, flat, entry, directory, parent)
     self._stages[name] = result
-    self._report(stages_done=self.progress["stages_done"] + 1)
+    self.report(stages_done=self.progress["stages_done"] + 1)
     return result
 
   def _train_stage(self, name, flat, entry, directory: pathlib.Path,
@@ -377,7 +378,7 @@ class Pipeline:
                    shown["steps_per_sec"], shown["eta_seconds"])
       # Stages still to train after this one, each at most max_steps: an upper bound.
       later = sum(1 for s in self.order[index:] if s not in self._stages)
-      self._report(now=f"stage {name}", stage_index=index, step=record["step"],
+      self.report(now=f"stage {name}", stage_index=index, step=record["step"],
                    steps_per_sec=record["steps_per_sec"], stage_eta_seconds=record["eta_seconds"],
                    experiment_eta_seconds_at_most=record["eta_seconds"] +
                    later * t.max_steps / max(record["steps_per_sec"], 1e-9))
@@ -406,7 +407,7 @@ class Pipeline:
       return json.loads(done.read_text())
     entry, flat = self.config.tests[name], test_config(self.config, name)
     trained = self.stage(entry.stage)
-    self._report(now=f"test {name}")
+    self.report(now=f"test {name}")
     logging.info("[test %d/%d %s] %s of stage %s on %s", self.progress["tests_done"] + 1,
                  self.progress["tests_total"], name, entry.kind, entry.stage, flat.data.dataset)
     if workdir_lib.is_writer():
@@ -422,7 +423,7 @@ class Pipeline:
                    "seconds": time.perf_counter() - start})
     if workdir_lib.is_writer():
       workdir_lib.write_json_atomic(done, record)
-    self._report(tests_done=self.progress["tests_done"] + 1)
+    self.report(tests_done=self.progress["tests_done"] + 1)
     return record
 
   def _model(self, flat, num_classes):
@@ -487,7 +488,7 @@ class Pipeline:
 
   def run(self) -> dict:
     records = [self.test(name) for name in self.config.tests]
-    self._report(now="report")
+    self.report(now="report")
     summary = reports.write(self.config, self.workdir, records)
     summary.update({"experiment": self.config.experiment, "tests": len(records),
                     "stages": {n: stage_key(self.config, n) for n in self.order},
@@ -650,5 +651,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   summary = pipeline.run()
   if workdir_lib.is_writer():
     workdir_lib.write_json_atomic(workdir / workdir_lib.SUMMARY, summary)
+  pipeline.report(now="finished")
   logging.info("finished: %s", json.dumps(summary)[:2000])
   return summary
