@@ -283,7 +283,6 @@ class Pipeline:
       return self._stages[name]
     flat, entry = stage_config(self.config, name), self.config.stages[name]
     directory = self.stage_dir / stage_key(self.config, name)
-    parent = self.stage(entry.parent) if entry.parent else None
     done = directory / "done.json"
     if done.exists():
       summary = json.loads(done.read_text())
@@ -297,6 +296,7 @@ class Pipeline:
                             np.asarray(summary["std"], np.float32), summary["num_classes"],
                             summary)
     else:
+      parent = self.stage(entry.parent) if entry.parent else None
       result = self._train_stage(name, flat, entry, directory, parent)
     self._stages[name] = result
     self.report(stages_done=self.progress["stages_done"] + 1)
@@ -340,7 +340,7 @@ class Pipeline:
                                  final_train_accuracy=None, seconds=0.0)
       reasons, steps, accuracy = ["untrained"] * len(self.seeds), [0] * len(self.seeds), None
     else:
-      result = self._run_training(name, index, flat, state, train_items, data_key, model,
+      result = self._run_training(name, index, flat, state, train_items, data_key,
                                   train_set.num_classes, mean, std, directory)
       as_list = lambda v: v if self.multi else [v]
       reasons, steps = as_list(result.stop_reason), as_list(result.steps)
@@ -358,7 +358,7 @@ class Pipeline:
     return TrainedStage(result.state.variables, np.asarray(mean), np.asarray(std),
                         train_set.num_classes, summary)
 
-  def _run_training(self, name, index, flat, state, train_items, data_key, model, num_classes,
+  def _run_training(self, name, index, flat, state, train_items, data_key, num_classes,
                     mean, std, directory) -> train.TrainResult:
     d, t = flat.data, flat.train
     ckpts = checkpoints.Checkpoints(directory / "checkpoints")
@@ -394,7 +394,6 @@ class Pipeline:
         batch_size=t.batch_size, mesh=self.mesh)
     ckpts.wait()
     ckpts.close()
-    del model
     return result
 
   # -- tests
@@ -426,9 +425,6 @@ class Pipeline:
     self.report(tests_done=self.progress["tests_done"] + 1)
     return record
 
-  def _model(self, flat, num_classes):
-    return models.build_model(flat.model, num_classes, self.platform)
-
   def _test_items(self, flat, trained: TrainedStage, name: str, same_classes: bool = True):
     item_set, items = self.items(flat.data, "test", _test_max_items(self.config, name, flat))
     if same_classes and item_set.num_classes != trained.num_classes:
@@ -440,7 +436,7 @@ class Pipeline:
 
   def _sweep(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
     test_set, test_items = self._test_items(flat, trained, name)
-    model = self._model(flat, trained.num_classes)
+    model = models.build_model(flat.model, trained.num_classes, self.platform)
     axis = test_axes(flat)
     classify = lambda variables, x: model.apply(variables, x, train=False)[0]
     sweeps = [evaluate.shift_sweep(
@@ -457,7 +453,7 @@ class Pipeline:
   def _similarity(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
     # Any network's layers can be compared on any items: the output layer is not used.
     test_set, test_items = self._test_items(flat, trained, name, same_classes=False)
-    model = self._model(flat, trained.num_classes)
+    model = models.build_model(flat.model, trained.num_classes, self.platform)
     d = flat.data
     base = locations.leftmost_centred_centre(d.canvas_size, d.item_size)
     axis = test_axes(flat)
