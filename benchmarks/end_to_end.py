@@ -31,7 +31,6 @@ import argparse
 import importlib.util
 import json
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -153,15 +152,9 @@ def run_ours(config, stage_name: str, test_name: str, workdir: pathlib.Path) -> 
 
 def run_peer(args, condition: pathlib.Path) -> dict:
   """torch_peer.py --end_to_end in a child process; its JSON, or why there is none."""
-  if importlib.util.find_spec("torch") is None:
-    return {"skipped": "torch is not installed"}
-  command = [sys.executable, str(BENCHMARKS / "torch_peer.py"), f"--end_to_end={condition}",
-             f"--workers={args.peer_workers}", f"--compile={args.peer_compile}",
-             f"--sweep_batch={args.peer_sweep_batch}"]
-  proc = subprocess.run(command, capture_output=True, text=True, check=False)
-  if proc.returncode != 0:
-    return {"failed": proc.stderr[-2000:]}
-  return json.loads(proc.stdout)
+  return throughput.run_torch_peer([
+      f"--end_to_end={condition}", f"--workers={args.peer_workers}",
+      f"--compile={args.peer_compile}", f"--sweep_batch={args.peer_sweep_batch}"])
 
 
 def main():

@@ -237,17 +237,22 @@ def time_scaling(args, host_items: train.Items, dtype, forward_flops: float,
   return result
 
 
-def run_peer(args) -> dict:
-  """Runs benchmarks/torch_peer.py at the same sizes in a child process; its JSON, or why not."""
+def run_torch_peer(flags: list[str]) -> dict:
+  """Runs benchmarks/torch_peer.py with ``flags`` in a child process; its JSON, or why not."""
   if importlib.util.find_spec("torch") is None:
     return {"skipped": "torch is not installed"}
-  command = [sys.executable, str(pathlib.Path(__file__).with_name("torch_peer.py")),
-             f"--width={args.width}", f"--canvas={args.canvas}", f"--item={args.item}",
-             f"--batch={args.batch}", f"--steps={args.steps}", f"--workers={args.peer_workers}"]
+  command = [sys.executable, str(pathlib.Path(__file__).with_name("torch_peer.py")), *flags]
   proc = subprocess.run(command, capture_output=True, text=True, check=False)
   if proc.returncode != 0:
     return {"failed": proc.stderr[-2000:]}
   return json.loads(proc.stdout)
+
+
+def run_peer(args) -> dict:
+  """The peer's throughput workloads at the same sizes as ours."""
+  return run_torch_peer([
+      f"--width={args.width}", f"--canvas={args.canvas}", f"--item={args.item}",
+      f"--batch={args.batch}", f"--steps={args.steps}", f"--workers={args.peer_workers}"])
 
 
 def main():

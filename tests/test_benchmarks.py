@@ -98,7 +98,7 @@ def test_peer_is_skipped_without_torch():
   code = ("import importlib.util, sys; sys.argv=['x']; "
           "sys.path.insert(0, 'benchmarks'); import throughput; "
           "importlib.util.find_spec = lambda name: None if name == 'torch' else 1; "
-          "import argparse; print(throughput.run_peer(argparse.Namespace()))")
+          "print(throughput.run_torch_peer([]))")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=subprocess_env(),
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
