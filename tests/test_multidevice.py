@@ -1,4 +1,4 @@
-"""8 simulated CPU devices give the same training and sweep results as one device.
+"""8 simulated CPU devices give the same training, sweep and invariance results as one device.
 
 The device count must be set before JAX starts, so the comparison runs in a child process
 (this file, run as a script) and the test checks what it reports.
@@ -25,6 +25,9 @@ def test_eight_devices_match_one(tmp_path):
   assert report["max_param_diff"] < 1e-5, report
   assert report["losses_close"], report
   assert report["sweep_equal"], report
+  assert report["invariance_probs_diff"] < 1e-5, report
+  assert report["invariance_equivariance_diff"] < 1e-4, report
+  assert report["consistency_equal"], report
 
 
 def _compare(out_path):
@@ -33,7 +36,7 @@ def _compare(out_path):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from transinv_jax import evaluate, sharding, train
+  from transinv_jax import evaluate, invariance, sharding, train
   from transinv_jax.data import canvas, locations
   from transinv_jax.models import vgg
 
@@ -61,7 +64,18 @@ def _compare(out_path):
         centres_per_chunk=4)
     x = sharding.constrain_batch  # the batch layout the step asks for
     shard = jax.jit(lambda a: x(a, mesh))(jnp.zeros((16, 32, 32, 3)))
-    return result, records, sweep, shard
+    apply_fn = lambda v, x: model.apply(v, x)
+    variables = {"params": result.state.params}
+    # 5 items x 3 shifts per call: the chunk grows to 8 shifts so that 40 canvases split 8 ways.
+    responses = invariance.shift_responses(
+        apply_fn, variables, train.Items(images[:5], labels[:5]), render=render,
+        base_centre=(10, 10), shifts=invariance.path("diagonal", 9), canvas_size=32,
+        shifts_per_chunk=3, mesh=mesh)
+    pairs = invariance.consistency(
+        apply_fn, variables, train.Items(images[:8], labels[:8]), jax.random.key(2),
+        render=render, canvas_size=32, item_size=8, base_centre=(8, 8), max_offset=12,
+        pairs_per_item=2, items_per_batch=8, mesh=mesh)
+    return result, records, sweep, shard, responses, pairs
 
   many, one = run(sharding.make_mesh()), run(sharding.make_mesh(jax.devices()[:1]))
   diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
@@ -77,6 +91,11 @@ def _compare(out_path):
       "losses_close": bool(np.allclose([r["loss"] for r in many[1]],
                                        [r["loss"] for r in one[1]], rtol=1e-5)),
       "sweep_equal": bool(np.array_equal(many[2].correct, one[2].correct)),
+      "invariance_probs_diff": float(np.abs(many[4].probs - one[4].probs).max()),
+      "invariance_equivariance_diff": max(
+          float(np.nanmax(np.abs(many[4].equivariance[n] - one[4].equivariance[n])))
+          for n in many[4].layers),
+      "consistency_equal": bool(np.array_equal(many[5].predictions, one[5].predictions)),
   }
   with open(out_path, "w") as f:
     json.dump(report, f)

@@ -57,6 +57,22 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(data.train_location in locations.SAMPLERS,
            f"config.data.train_location={data.train_location!r}: use one of "
            f"{', '.join(locations.SAMPLERS)}")
+  labels = data.get("labels", "class")
+  _require(labels in ("class", "location", "location_pairs"),
+           f"config.data.labels={labels!r}: use class (the dataset's classes), location (each "
+           "item at one corner) or location_pairs (each item at both corners)")
+  _require((labels != "class") == (data.train_location == "corners"),
+           f"config.data.labels={labels!r} with config.data.train_location="
+           f"{data.train_location!r}: location labels go with the 'corners' sampler and only "
+           "with it; set both (labels='location', train_location='corners') or neither")
+  _require(data.get("val_items", 0) >= 0,
+           f"config.data.val_items={data.get('val_items')}: use 0 or the number of train items "
+           "to hold out")
+  if data.train_location == "corners":
+    try:
+      locations.corner_centres(data.canvas_size, data.item_size, data.border)
+    except ValueError as e:
+      raise ConfigError(f"config.data.border={data.border}: {e}") from None
   if data.train_location == "fixed":
     lo, hi = locations.centre_range(data.canvas_size, data.item_size)
     _require(len(data.fixed_centre) == 2 and
@@ -90,6 +106,38 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
            f"the {num_devices} devices")
   _require(ev.centres_per_chunk >= 0,
            "config.eval.centres_per_chunk must be >= 0 (0 = as many as the device memory holds)")
+
+
+PATHS = ("x", "y", "diagonal")
+
+
+def check_invariance_eval(config: ml_collections.ConfigDict) -> None:
+  """The invariance diagnostics' keys (``config.eval``), against the canvas they run on."""
+  ev, data = config.eval, config.data
+  _require(ev.invariance_items > 0,
+           f"config.eval.invariance_items={ev.invariance_items}: must be positive")
+  _require(ev.shift_path in PATHS,
+           f"config.eval.shift_path={ev.shift_path!r}: use one of {', '.join(PATHS)}")
+  lo, hi = locations.centre_range(data.canvas_size, data.item_size)
+  room = hi - lo
+  _require(0 < ev.max_shift <= room,
+           f"config.eval.max_shift={ev.max_shift}: the path must keep the {data.item_size} px "
+           f"item whole on the {data.canvas_size} px canvas, so use 1..{room}")
+  _require(ev.consistency_mode in ("translate", "circular"),
+           f"config.eval.consistency_mode={ev.consistency_mode!r}: use translate or circular")
+  limit = room + 1 if ev.consistency_mode == "translate" else data.canvas_size
+  _require(0 < ev.consistency_offset <= limit,
+           f"config.eval.consistency_offset={ev.consistency_offset}: use 1..{limit} "
+           f"({ev.consistency_mode} offsets must keep the item whole on the canvas)")
+  _require(ev.consistency_pairs > 0,
+           f"config.eval.consistency_pairs={ev.consistency_pairs}: must be positive")
+  _require(ev.top > 0, f"config.eval.top={ev.top}: must be positive (Azulay & Weiss: 5)")
+  _require(0 <= ev.activity_threshold < 1,
+           f"config.eval.activity_threshold={ev.activity_threshold}: use a fraction in [0, 1)")
+  _require(ev.shift_tolerance > 0,
+           f"config.eval.shift_tolerance={ev.shift_tolerance}: must be positive (A&W: 0.2)")
+  _require(ev.shifts_per_chunk >= 0,
+           "config.eval.shifts_per_chunk must be >= 0 (0 = as many as the device memory holds)")
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:

@@ -2,11 +2,13 @@
 
 For a batch of test items and a chunk of centres, every (item, centre) canvas is rendered on the
 device and classified in one call; counts of correct answers per centre and class accumulate on the
-device and come back once, at the end.
+device and come back once, at the end. ``placed_accuracy`` is the plain test accuracy, with items
+placed as in training.
 """
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Callable
 
@@ -117,6 +119,29 @@ def auto_chunk(run, args_for_chunk, num_centres: int, fallback: int,
   return int(max(1, min(num_centres, memory_fraction * free // per_centre)))
 
 
+def whole_chunks(points: np.ndarray, chunk: int, num_items: int,
+                 mesh: Mesh | None) -> tuple[np.ndarray, int]:
+  """Pads ``points`` (centres or shifts) to whole chunks of a call over ``items x chunk`` canvases.
+
+  Args:
+    points: [P, 2], the centres or shifts to run.
+    chunk: the requested points per call (clipped to 1..P).
+    num_items: items per call; with a mesh of several devices the chunk grows until
+      ``num_items * chunk`` splits evenly over them.
+    mesh: the device mesh, or None for one device.
+
+  Returns:
+    ``(padded, chunk)``: the points followed by copies of the last (to be sliced off afterwards)
+    up to a multiple of the chunk, and the chunk.
+  """
+  num = points.shape[0]
+  chunk = max(1, min(chunk, num))
+  if mesh is not None and mesh.size > 1:
+    step = mesh.size // math.gcd(num_items, mesh.size)
+    chunk = -(-chunk // step) * step
+  return np.concatenate([points, np.repeat(points[-1:], -num % chunk, axis=0)]), chunk
+
+
 def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: ClassifyFn,
                 render: RenderFn, num_classes: int, mesh: Mesh, items_per_batch: int,
                 centres_per_chunk: int) -> SweepResult:
@@ -180,3 +205,69 @@ def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: Cla
   correct = np.asarray(jax.device_get(jnp.concatenate(chunks)))[:num_centres].astype(np.int64)
   totals = np.bincount(np.asarray(jax.device_get(items.labels)), minlength=num_classes)
   return SweepResult(centres=centres, correct=correct, totals=totals.astype(np.int64))
+
+
+def placed_correct(params: Any, images: jax.Array, labels: jax.Array, valid: jax.Array,
+                   key: jax.Array, *, classify: ClassifyFn, render: RenderFn, sampler,
+                   num_classes: int, mesh: Mesh) -> jax.Array:
+  """Correct answers per class for a batch of items, each placed once by ``sampler``.
+
+  Args:
+    params: model params.
+    images: uint8 [batch, s, s, c], split over the mesh.
+    labels: int32 [batch].
+    valid: bool [batch]; False for padding.
+    key: the batch's placement key.
+    classify: the model's logits function.
+    render: composes model input from items and centres.
+    sampler: ``(key, labels) -> centres`` (``locations.make_sampler``), as in training.
+    num_classes: number of classes.
+    mesh: the device mesh.
+
+  Returns:
+    int32 [num_classes].
+  """
+  x = sharding.constrain_batch(render(images, sampler(key, labels)), mesh)
+  correct = (jnp.argmax(classify(params, x), -1) == labels) & valid
+  return jnp.einsum("b,bc->c", correct.astype(jnp.int32),
+                    jax.nn.one_hot(labels, num_classes, dtype=jnp.int32))
+
+
+def placed_accuracy(params: Any, items: Items, key: jax.Array, *, classify: ClassifyFn,
+                    render: RenderFn, sampler, num_classes: int, mesh: Mesh,
+                    items_per_batch: int) -> tuple[np.ndarray, np.ndarray]:
+  """Accuracy with every item placed as in training (the stage's sampler), once.
+
+  The placements derive from ``key`` and the batch index only, so every seed's network and
+  every rerun sees the same canvases.
+
+  Args:
+    params: model params (replicated).
+    items: the items on the device.
+    key: placement key.
+    classify: ``(params, x) -> logits``.
+    render: composes model input from items and centres.
+    sampler: ``(key, labels) -> centres``.
+    num_classes: number of classes.
+    mesh: the device mesh; ``items_per_batch`` must divide over it.
+    items_per_batch: items per call.
+
+  Returns:
+    ``(correct, totals)``: int64 [num_classes] each.
+  """
+  run = jax.jit(functools.partial(placed_correct, classify=classify, render=render,
+                                  sampler=sampler, num_classes=num_classes, mesh=mesh))
+  num_items = items.num_items
+  pad = -num_items % items_per_batch
+  images = jnp.pad(items.images, ((0, pad),) + ((0, 0),) * 3)
+  labels = jnp.pad(items.labels, (0, pad))
+  valid = jnp.arange(num_items + pad) < num_items
+  batch_spec = sharding.batch_sharded(mesh)
+  total = jnp.zeros((num_classes,), jnp.int32)
+  for i, b in enumerate(range(0, num_items + pad, items_per_batch)):
+    sl = slice(b, b + items_per_batch)
+    batch = jax.device_put((images[sl], labels[sl], valid[sl]), batch_spec)
+    total = total + run(params, *batch, jax.random.fold_in(key, i))
+  correct = np.asarray(jax.device_get(total)).astype(np.int64)
+  totals = np.bincount(np.asarray(jax.device_get(items.labels)), minlength=num_classes)
+  return correct, totals.astype(np.int64)

@@ -1,6 +1,7 @@
 """Fine-tuning: what a network takes over from the stage it starts from, and which layers train.
 
-Every model of the zoo names its output layer ``logits``. A fine-tune starts from its parent's
+Every model of the zoo names its output layer ``logits`` (ResNets: ``fc``, torchvision's name). A
+fine-tune starts from its parent's
 variables with a fresh ``logits`` layer (the new dataset's classes), and trains per ``POLICIES``:
 
   all          every layer (the paper's fine-tuning)
@@ -15,7 +16,15 @@ import jax
 import jax.numpy as jnp
 
 POLICIES = ("all", "classifier", "frozen_conv")
-HEAD = "logits"
+HEADS = ("logits", "fc")  # the output layer: VGG, FCN, RookNet / ResNet
+
+
+def num_outputs(params: Mapping) -> int:
+  """The class count of a network's params (its output layer's width)."""
+  for name in HEADS:
+    if name in params:
+      return int(params[name]["kernel"].shape[-1])
+  raise ValueError(f"no output layer ({' or '.join(HEADS)}) among {sorted(params)}")
 
 
 def _is_conv_part(module: Mapping) -> bool:
@@ -42,7 +51,7 @@ def trainable(policy: str) -> Callable[[Any], Any] | None:
   def labels(params):
     out = {}
     for name, module in params.items():
-      train = name == HEAD if policy == "classifier" else not _is_conv_part(module)
+      train = name in HEADS if policy == "classifier" else not _is_conv_part(module)
       out[name] = jax.tree.map(lambda _, t=train: t, module)
     return type(params)(out) if isinstance(params, dict) else out
 
@@ -58,7 +67,7 @@ def transfer(parent: Mapping, child: Mapping) -> dict:
     child: the freshly initialised variables of the fine-tuned model, stacked the same way.
 
   Returns:
-    ``child``'s tree holding the parent's values everywhere but ``logits``.
+    ``child``'s tree holding the parent's values everywhere but the output layer.
 
   Raises:
     ValueError: a layer missing from the parent or of another shape (the two stages' models
@@ -68,7 +77,7 @@ def transfer(parent: Mapping, child: Mapping) -> dict:
   new = flax.traverse_util.flatten_dict(dict(child))
   out = {}
   for key, fresh in new.items():
-    if key[1] == HEAD:
+    if key[1] in HEADS:
       out[key] = fresh
       continue
     value = old.get(key)

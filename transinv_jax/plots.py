@@ -371,3 +371,136 @@ def matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: s
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def curves(x: Sequence[float], lines: dict[str, np.ndarray], path: str, *, title: str,
+           xlabel: str, ylabel: str, stds: dict[str, np.ndarray] | None = None,
+           log_x: bool = False, chance: float | None = None,
+           ylim: tuple[float, float] | None = None) -> None:
+  """Lines against a common x (accuracy by border or training size, probability by offset).
+
+  Args:
+    x: [N] x values.
+    lines: {label: [N] values}; NaN points are skipped.
+    path: PNG file to write.
+    title: figure title.
+    xlabel: x-axis label.
+    ylabel: y-axis label.
+    stds: optional {label: [N]} spread drawn as error bars.
+    log_x: a logarithmic x axis (training set sizes).
+    chance: a dashed chance line.
+    ylim: y-axis limits.
+  """
+  x = np.asarray(x, np.float64)
+  fig, ax = plt.subplots(figsize=(6.4, 4.4), layout="constrained")
+  for label, values in lines.items():
+    values = np.asarray(values, np.float64)
+    spread = None if stds is None or label not in stds else np.asarray(stds[label], np.float64)
+    ax.errorbar(x, values, yerr=spread, marker="o", markersize=3, capsize=3, label=str(label))
+  if chance is not None:
+    ax.axhline(chance, color="k", linestyle="--", linewidth=1, label="chance")
+  if log_x:
+    ax.set_xscale("log")
+  if ylim is not None:
+    ax.set_ylim(*ylim)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.grid(alpha=0.3)
+  if lines:
+    ax.legend(fontsize=8, loc="best")
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def shift_rows(values: np.ndarray, shifts: Sequence[int], path: str, *, title: str,
+               label: str = "probability of the correct class") -> None:
+  """One row per item, one column per shift (Azulay & Weiss, figure 2): rows sorted by their sum.
+
+  Args:
+    values: [items, shifts] values in [0, 1].
+    shifts: [shifts] shift of each column in px.
+    path: PNG file to write.
+    title: figure title.
+    label: the colour bar's label.
+  """
+  values = np.asarray(values, np.float64)
+  order = np.argsort(-np.nansum(values, axis=1), kind="stable")
+  fig, ax = plt.subplots(figsize=(6.4, 4.8), layout="constrained")
+  shifts = np.asarray(shifts)
+  image = ax.imshow(values[order], aspect="auto", vmin=0, vmax=1, cmap="viridis",
+                    extent=(shifts[0] - 0.5, shifts[-1] + 0.5, len(order) - 0.5, -0.5),
+                    interpolation="nearest")
+  ax.set_xlabel("shift (px)")
+  ax.set_ylabel("item (sorted by sum)")
+  ax.set_title(title, fontsize=10)
+  fig.colorbar(image, ax=ax, label=label)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def feature_sums(panels: dict[str, np.ndarray], shifts: Sequence[int], path: str, *, title: str,
+                 max_maps: int = 12) -> None:
+  """Global sum of each feature map as the input shifts (Azulay & Weiss, figure 4).
+
+  Each map's sum is divided by its mean over the shifts, so a flat line at 1 is a shiftable map
+  (its global sum invariant to the shift); one panel per network, side by side.
+
+  Args:
+    panels: {network: [shifts, maps] global sums}; the ``max_maps`` maps with the largest mean
+      sum are drawn.
+    shifts: [shifts] shift in px.
+    path: PNG file to write.
+    title: figure title.
+    max_maps: maps drawn per panel.
+  """
+  fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(5.0 * max(1, len(panels)), 4.0),
+                           sharey=True, layout="constrained", squeeze=False)
+  for ax, (name, sums) in zip(axes[0], panels.items()):
+    sums = np.asarray(sums, np.float64)
+    mean = sums.mean(0)
+    for c in np.argsort(-mean, kind="stable")[:max_maps]:
+      if mean[c] > 0:
+        ax.plot(shifts, sums[:, c] / mean[c], linewidth=1)
+    ax.axhline(1.0, color="k", linewidth=0.8, linestyle=":")
+    ax.set_title(str(name), fontsize=10)
+    ax.set_xlabel("shift (px)")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("global sum / its mean")
+  fig.suptitle(title, fontsize=10)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def layer_panels(layers: Sequence[str], metrics: dict[str, dict[str, np.ndarray]], path: str, *,
+                 title: str) -> None:
+  """Per-layer bars, one panel per metric, one bar per network (nonshiftability, equivariance).
+
+  Args:
+    layers: [L] layer names in network order.
+    metrics: {metric: {network: [L] values}} (NaN bars are left out).
+    path: PNG file to write.
+    title: figure title.
+  """
+  fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.4, 0.45 * len(layers) + 2),
+                                                     2.6 * max(1, len(metrics))),
+                           layout="constrained", squeeze=False)
+  x = np.arange(len(layers))
+  for ax, (metric, networks) in zip(axes[:, 0], metrics.items()):
+    width = 0.8 / max(1, len(networks))
+    for i, (name, values) in enumerate(networks.items()):
+      ax.bar(x + (i - (len(networks) - 1) / 2) * width, np.asarray(values, np.float64), width,
+             label=str(name))
+    ax.set_ylabel(metric, fontsize=8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(layers, rotation=45, ha="right", fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    if len(networks) > 1:
+      ax.legend(fontsize=7)
+  fig.suptitle(title, fontsize=10)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -14,7 +14,6 @@ items]`` numbers come back.
 
 import dataclasses
 import functools
-import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -278,12 +277,7 @@ def cosine_similarity(apply_fn: ApplyFn, variables: Any, items: Items, *, render
                              jax.ShapeDtypeStruct((n, 2), jnp.int32)),
         num_centres, fallback=8)
     logging.info("similarity: %d centres per call", centres_per_chunk)
-  chunk = max(1, min(centres_per_chunk, num_centres))
-  if mesh is not None:  # whole shards: items * chunk a multiple of the device count
-    step = mesh.size // math.gcd(num_items, mesh.size)
-    chunk = -(-chunk // step) * step
-  # Pad the centres to whole chunks with copies of the last; the copies are sliced off.
-  padded = np.concatenate([centres, np.repeat(centres[-1:], -num_centres % chunk, axis=0)])
+  padded, chunk = evaluate.whole_chunks(centres, centres_per_chunk, num_items, mesh)
   parts = [chunk_fn(variables, items.images, base, jnp.asarray(padded[c:c + chunk]))
            for c in range(0, padded.shape[0], chunk)]
   per_item = np.asarray(jax.device_get(jnp.concatenate(parts, axis=1)), np.float32)

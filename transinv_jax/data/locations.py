@@ -17,7 +17,9 @@ import numpy as np
 # class-dependent samplers (areas, quadrants) share the signature.
 Sampler = Callable[[jax.Array, jax.Array], jax.Array]
 
-SAMPLERS = ("leftmost_centred", "fully_translated", "fixed", "regions")
+SAMPLERS = ("leftmost_centred", "fully_translated", "fixed", "regions", "corners")
+# Kayhan & van Gemert's location classes: the item in the upper-left or the bottom-right corner.
+CORNERS = ("upper_left", "bottom_right")
 
 
 def centre_range(canvas_size: int, item_size: int) -> tuple[int, int]:
@@ -73,13 +75,56 @@ def fully_translated(canvas_size: int, item_size: int) -> Sampler:
   return sample
 
 
+def corner_centres(canvas_size: int, item_size: int, border: int = 0) -> np.ndarray:
+  """Kayhan & van Gemert's two locations: the item in the upper-left corner (class 0) or the
+  bottom-right corner (class 1) of the canvas, inside a black border of ``border`` px.
+
+  With ``canvas_size = 2 * (item_size + border)`` the item fills one quadrant of the image inside
+  the border, as in Quadrant ImageNet (56 px items, borders 0 to 512 px); with ``border = 0`` it
+  touches the canvas edges, as the rook patches do.
+
+  Args:
+    canvas_size: canvas side in pixels.
+    item_size: item side in pixels.
+    border: black margin kept between the item and the canvas edge, in pixels.
+
+  Returns:
+    int32 [2, 2]: the (x, y) centres of class 0 and class 1.
+
+  Raises:
+    ValueError: the border leaves no room for a whole item (named values and the fix).
+  """
+  lo = item_size // 2
+  upper_left = border + lo
+  bottom_right = canvas_size - border - item_size + lo
+  if border < 0 or bottom_right < upper_left:
+    raise ValueError(
+        f"border {border} leaves no room for a {item_size} px item on a {canvas_size} px canvas: "
+        f"use a canvas of at least {item_size + 2 * max(border, 0)} px (Kayhan & van Gemert: "
+        f"2 * (item + border) = {2 * (item_size + max(border, 0))})")
+  return np.array([[upper_left] * 2, [bottom_right] * 2], np.int32)
+
+
+def corners(canvas_size: int, item_size: int, border: int = 0) -> Sampler:
+  """Each item at its class's corner (``corner_centres``); labels are 0 or 1."""
+  table = jnp.asarray(corner_centres(canvas_size, item_size, border))
+
+  def sample(key, labels):
+    del key
+    return table[jnp.clip(labels, 0, 1)]
+
+  return sample
+
+
 def make_sampler(name: str, canvas_size: int, item_size: int,
                  centre: Sequence[int] | None = None, *, layout: str = "",
-                 num_classes: int | None = None, fit: str = "centre") -> Sampler:
+                 num_classes: int | None = None, fit: str = "centre",
+                 border: int = 0) -> Sampler:
   """The sampler called ``name`` (one of ``SAMPLERS``).
 
   Args:
-    name: ``"leftmost_centred"``, ``"fully_translated"``, ``"fixed"`` or ``"regions"``.
+    name: ``"leftmost_centred"``, ``"fully_translated"``, ``"fixed"``, ``"regions"`` or
+      ``"corners"``.
     canvas_size: canvas side in pixels.
     item_size: item side in pixels.
     centre: ``(x, y)`` for ``"fixed"``.
@@ -87,6 +132,7 @@ def make_sampler(name: str, canvas_size: int, item_size: int,
       ``quadrant_layout("2")``.
     num_classes: ``"regions"``: how many classes the layout covers.
     fit: ``"regions"``: ``"centre"`` or ``"whole"`` (``allowed_centres``).
+    border: ``"corners"``: the black margin around the two corners (``corner_centres``).
 
   Returns:
     The sampler.
@@ -98,6 +144,12 @@ def make_sampler(name: str, canvas_size: int, item_size: int,
       raise ValueError("the 'regions' sampler needs a layout and num_classes, e.g. "
                        "layout=area_layout(), num_classes=18")
     return region_sampler(canvas_size, item_size, parse_layout(layout, num_classes), fit)
+  if name == "corners":
+    if num_classes is not None and num_classes != 2:
+      raise ValueError(f"the 'corners' sampler places 2 classes (upper-left, bottom-right), not "
+                       f"{num_classes}: use it with config.data.labels='location' or "
+                       "'location_pairs'")
+    return corners(canvas_size, item_size, border)
   if name == "leftmost_centred":
     return fixed(leftmost_centred_centre(canvas_size, item_size))
   if name == "fully_translated":

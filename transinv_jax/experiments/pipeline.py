@@ -39,7 +39,7 @@ from transinv_jax import checkpoints, config_checks, evaluate, finetune, models,
 from transinv_jax import sharding, similarity, train
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import canvas, locations, sources
-from transinv_jax.experiments import reports, spec
+from transinv_jax.experiments import diagnostics, reports, spec
 from transinv_jax.models import pretrained
 
 # Keys that change how a stage is run, not what it computes: left out of its cache key.
@@ -155,7 +155,15 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   for name, entry in config.tests.items():
     _require(entry.kind in spec.TEST_KINDS,
              f"config.tests.{name}.kind={entry.kind!r}: use one of {', '.join(spec.TEST_KINDS)}")
+    _require(_split(entry) in spec.SPLITS,
+             f"config.tests.{name}.split={entry.get('split')!r}: use one of "
+             f"{', '.join(spec.SPLITS)}")
     flat = test_config(config, name)
+    if entry.kind == "invariance":
+      try:
+        config_checks.check_invariance_eval(flat)
+      except config_checks.ConfigError as e:
+        raise config_checks.ConfigError(f"test {name}: {e}") from None
     _require(flat.data.dataset in sources.DATASETS,
              f"config.tests.{name}.data.dataset={flat.data.dataset!r}: use one of "
              f"{', '.join(sources.DATASETS)}")
@@ -166,21 +174,81 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 
 def load_items(data: ml_collections.ConfigDict, split: str, max_items: int) -> sources.ItemSet:
-  """A split's items as ``data`` names them, restricted to the first ``data.classes`` classes."""
+  """A split's items as ``data`` names them.
+
+  In order: the first ``data.classes`` classes; ``"val"`` is the last ``data.val_items`` of the
+  train file and ``"train"`` what comes before them (so the two never share an item); the first
+  ``max_items``; then ``data.labels`` (``location_labels``).
+
+  Args:
+    data: a ``config.data`` section.
+    split: ``"train"``, ``"val"`` or ``"test"``.
+    max_items: keep the first N (0 = all).
+
+  Returns:
+    The items, labelled as the task needs.
+  """
+  file_split = "train" if split == "val" else split
+  whole = bool(data.classes or data.get("val_items", 0))
   item_set = sources.load_items(
-      data.dataset, split, source=data.source, data_dir=data.data_dir or None,
-      max_items=0 if data.classes else max_items, download=data.tfds_download)
+      data.dataset, file_split, source=data.source, data_dir=data.data_dir or None,
+      max_items=0 if whole else max_items, download=data.tfds_download)
+  images, labels = item_set.images, item_set.labels
   if data.classes:
     if data.classes > item_set.num_classes:
       raise config_checks.ConfigError(
           f"config.data.classes={data.classes}, but {data.dataset} has only "
           f"{item_set.num_classes} classes")
-    keep = np.flatnonzero(item_set.labels < data.classes)
-    keep = keep[:max_items] if max_items else keep
-    item_set = sources.ItemSet(images=item_set.images[keep], labels=item_set.labels[keep],
-                               num_classes=data.classes,
-                               class_names=item_set.class_names[:data.classes])
-  return item_set
+    keep = np.flatnonzero(labels < data.classes)
+    images, labels = images[keep], labels[keep]
+    item_set = dataclasses.replace(item_set, num_classes=data.classes,
+                                   class_names=item_set.class_names[:data.classes])
+  val = data.get("val_items", 0)
+  if val and file_split == "train":
+    config_checks.require(
+        val < len(labels), f"config.data.val_items={val} leaves no training items: the "
+        f"{data.dataset} train split has {len(labels)}; hold out fewer")
+    part = slice(len(labels) - val, None) if split == "val" else slice(0, len(labels) - val)
+    images, labels = images[part], labels[part]
+  elif split == "val":
+    raise config_checks.ConfigError(
+        "a test of split 'val' needs config.data.val_items > 0 (items held out from the end of "
+        "the train split)")
+  if max_items:
+    images, labels = images[:max_items], labels[:max_items]
+  item_set = dataclasses.replace(item_set, images=images, labels=labels)
+  return location_labels(item_set, data.get("labels", "class"), split)
+
+
+def location_labels(item_set: sources.ItemSet, kind: str, split: str) -> sources.ItemSet:
+  """Relabels items by where they go (Kayhan & van Gemert), for the ``"corners"`` sampler.
+
+  Args:
+    item_set: the items with their dataset classes.
+    kind: ``"class"`` (unchanged), ``"location"`` (each item at one corner, half of them at each,
+      by a fixed shuffle that depends only on the split: a fixed dataset, as Quadrant ImageNet)
+      or ``"location_pairs"`` (every item twice, once at each corner: the rook patches).
+    split: the split's name (seeds the fixed shuffle).
+
+  Returns:
+    The relabelled items: 2 classes, ``locations.CORNERS``.
+  """
+  if kind == "class":
+    return item_set
+  n = len(item_set.labels)
+  if kind == "location":
+    seed = int.from_bytes(hashlib.sha256(split.encode()).digest()[:4], "little")
+    order = np.random.default_rng(seed).permutation(n)
+    labels, images = np.empty(n, np.int32), item_set.images
+    labels[order] = np.arange(n) % 2
+  elif kind == "location_pairs":
+    images = np.concatenate([item_set.images, item_set.images])
+    labels = np.repeat(np.arange(2, dtype=np.int32), n)
+  else:
+    raise config_checks.ConfigError(
+        f"config.data.labels={kind!r}: use one of {', '.join(spec.LABEL_KINDS)}")
+  return sources.ItemSet(images=images, labels=labels, num_classes=2,
+                         class_names=locations.CORNERS)
 
 
 def to_device(item_set: sources.ItemSet, item_size: int, mesh) -> train.Items:
@@ -207,10 +275,28 @@ def trained_centre(data: ml_collections.ConfigDict) -> tuple[int, int] | None:
   return None
 
 
+def canvas_normalisation(data: ml_collections.ConfigDict,
+                         images: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+  """The canvas mean and std a stage trains with: the authors' statistics of its training
+  canvases, or none (0 and 1: black stays 0, the value that zero padding adds, as Kayhan & van
+  Gemert's black templates need) when ``data.normalise`` is off."""
+  if not data.get("normalise", True):
+    return np.zeros(data.channels, np.float32), np.ones(data.channels, np.float32)
+  return canvas.canvas_stats(images, data.canvas_size, data.channels)
+
+
+def render_fn(data: ml_collections.ConfigDict, mean: np.ndarray, std: np.ndarray, dtype: str,
+              platform: str) -> train.RenderFn:
+  """``(images, centres) -> model input`` on ``data``'s canvas with this normalisation."""
+  return functools.partial(
+      canvas.render, canvas_size=data.canvas_size, mean=jnp.asarray(mean), std=jnp.asarray(std),
+      channels=data.channels, dtype=models.compute_dtype(dtype, platform))
+
+
 def make_sampler(data: ml_collections.ConfigDict, num_classes: int) -> locations.Sampler:
   return locations.make_sampler(data.train_location, data.canvas_size, data.item_size,
                                 data.fixed_centre, layout=data.layout, num_classes=num_classes,
-                                fit=data.fit)
+                                fit=data.fit, border=data.border)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,16 +345,15 @@ class Pipeline:
 
   def items(self, data: ml_collections.ConfigDict, split: str, max_items: int):
     """(host ItemSet, device Items) for a split, loaded and resized once per run."""
-    key = (data.dataset, data.classes, data.source, split, max_items, data.item_size)
+    key = (data.dataset, data.classes, data.source, split, max_items, data.item_size,
+           data.val_items, data.labels)
     if key not in self._items:
       item_set = load_items(data, split, max_items)
       self._items[key] = item_set, to_device(item_set, data.item_size, self.mesh)
     return self._items[key]
 
   def _render(self, data, mean, std):
-    return functools.partial(
-        canvas.render, canvas_size=data.canvas_size, mean=jnp.asarray(mean), std=jnp.asarray(std),
-        channels=data.channels, dtype=models.compute_dtype(self.config.model.dtype, self.platform))
+    return render_fn(data, mean, std, self.config.model.dtype, self.platform)
 
   def per_seed(self, variables) -> list:
     if not self.multi:
@@ -328,7 +413,7 @@ class Pipeline:
                             batch_stats=variables.get("batch_stats", state.batch_stats))
       logging.info("stage %s: starting from the pretrained weights in %s", name,
                    flat.model.pretrained)
-    mean, std = canvas.canvas_stats(train_items.images, d.canvas_size, d.channels)
+    mean, std = canvas_normalisation(d, train_items.images)
     if workdir_lib.is_writer():
       directory.mkdir(parents=True, exist_ok=True)
       workdir_lib.write_json_atomic(directory / "stage.json", {
@@ -412,7 +497,8 @@ class Pipeline:
     if workdir_lib.is_writer():
       directory.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    run = self._sweep if entry.kind == "sweep" else self._similarity
+    run = {"sweep": self._sweep, "similarity": self._similarity, "accuracy": self._accuracy,
+           "invariance": self._invariance}[entry.kind]
     record = run(name, entry, flat, trained, directory)
     record.update({"test": name, "kind": entry.kind, "stage": entry.stage,
                    "stage_key": trained.summary["key"], "dataset": flat.data.dataset,
@@ -426,7 +512,8 @@ class Pipeline:
     return record
 
   def _test_items(self, flat, trained: TrainedStage, name: str, same_classes: bool = True):
-    item_set, items = self.items(flat.data, "test", _test_max_items(self.config, name, flat))
+    item_set, items = self.items(flat.data, _split(self.config.tests[name]),
+                                 _test_max_items(self.config, name, flat))
     if same_classes and item_set.num_classes != trained.num_classes:
       raise config_checks.ConfigError(
           f"test {name}: {flat.data.dataset} has {item_set.num_classes} classes but the network "
@@ -479,6 +566,39 @@ class Pipeline:
             "penultimate_similarity_std": means[:, penultimate].std(0).tolist(),
             "mean_penultimate_similarity": float(means[:, penultimate].mean()),
             "mean_penultimate_similarity_std": float(means[:, penultimate].mean(1).std())}
+
+  def _accuracy(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
+    del directory  # the record is the whole result
+    item_set, items = self._test_items(flat, trained, name)
+    model = models.build_model(flat.model, trained.num_classes, self.platform)
+    classify = lambda variables, x: model.apply(variables, x, train=False)[0]
+    # One fixed placement key for every seed and rerun: the same canvases for every network.
+    key = jax.random.key(flat.seed)
+    counts = [evaluate.placed_accuracy(
+        variables, items, key, classify=classify,
+        render=self._render(flat.data, trained.mean, trained.std),
+        sampler=make_sampler(flat.data, item_set.num_classes), num_classes=item_set.num_classes,
+        mesh=self.mesh, items_per_batch=flat.eval.items_per_batch)
+        for variables in self.per_seed(trained.variables)]
+    accuracy = np.array([c.sum() / t.sum() for c, t in counts])
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", RuntimeWarning)
+      per_class = np.mean([c / t for c, t in counts], axis=0)
+    return {"split": _split(entry), "test_items": int(counts[0][1].sum()),
+            "num_classes": item_set.num_classes, "chance": 1 / item_set.num_classes,
+            "train_location": flat.data.train_location, "accuracy": float(accuracy.mean()),
+            "accuracy_std": float(accuracy.std()), "accuracy_per_seed": accuracy.tolist(),
+            "class_accuracy": dict(zip(item_set.class_names, per_class.tolist()))}
+
+  def _invariance(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
+    item_set, items = self._test_items(flat, trained, name, same_classes=False)
+    model = models.build_model(flat.model, trained.num_classes, self.platform)
+    return diagnostics.invariance_test(
+        lambda variables, x: model.apply(variables, x, train=False),
+        self.per_seed(trained.variables), item_set, items, flat=flat,
+        render=self._render(flat.data, trained.mean, trained.std), mesh=self.mesh,
+        directory=directory, seeds=self.seeds, labelled=item_set.num_classes == trained.num_classes,
+        title=f"{self.config.experiment} {name}")
 
   # -- the whole run
 
@@ -591,9 +711,17 @@ def _diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
   return [] if a == b else [prefix]
 
 
+def _split(entry: ml_collections.ConfigDict) -> str:
+  return entry.get("split") or "test"
+
+
 def _test_max_items(config, name: str, flat) -> int:
-  """Sweeps take the first ``eval.max_items``; similarity picks per class from the whole split."""
-  return flat.eval.max_items if config.tests[name].kind == "sweep" else 0
+  """Sweeps and accuracy take the first ``eval.max_items``, invariance the first
+  ``eval.invariance_items``; similarity picks per class from the whole split."""
+  kind = config.tests[name].kind
+  if kind == "invariance":
+    return flat.eval.invariance_items
+  return 0 if kind == "similarity" else flat.eval.max_items
 
 
 def check_inputs(pipeline: Pipeline) -> None:
@@ -619,7 +747,7 @@ def check_inputs(pipeline: Pipeline) -> None:
       pretrained.load_pretrained(flat.model.pretrained, flat.model.name, target)
   for name in config.tests:
     flat = test_config(config, name)
-    pipeline.items(flat.data, "test", _test_max_items(config, name, flat))
+    pipeline.items(flat.data, _split(config.tests[name]), _test_max_items(config, name, flat))
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -14,6 +14,12 @@ the figures depend on the experiment:
   exp5   penultimate cosine similarity against displacement per network and dataset (figure 5A);
          before vs after fine-tuning for each pretraining dataset (figures 5B, 10); every layer
          by displacement (figure 11) and at the largest displacement (figure 12)
+  rook   train and test accuracy per padding (bars)
+  quadrant  location accuracy against the border, one line per arm, per split
+  data_efficiency  test accuracy against the training set size, one line per padding
+  azulay_weiss (any ``invariance`` tests)  the global sums of the last conv layer's maps as the
+         item moves, one panel per network (A&W figure 4); per-layer nonshiftability,
+         equivariance error and cosine similarity per network; the scalar measures as bars
 """
 
 import csv
@@ -27,14 +33,18 @@ import numpy as np
 
 from transinv_jax import plots
 from transinv_jax import workdir as workdir_lib
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import diagnostics, spec
+from transinv_jax.models import layers
 
 # Scalar columns of results.csv, in order (per-seed lists stay in results.json).
 COLUMNS = ("test", "kind", "stage", "dataset", "arm", "pretrain", "finetune", "condition",
-           "network", "items", "mean_accuracy", "mean_accuracy_std", "mean_normalised_accuracy",
-           "mean_normalised_accuracy_std", "accuracy_at_trained_location",
-           "accuracy_at_trained_location_std", "mean_penultimate_similarity",
-           "mean_penultimate_similarity_std", "test_items", "seconds")
+           "network", "padding", "border", "train_items", "items", "split", "mean_accuracy",
+           "mean_accuracy_std", "mean_normalised_accuracy", "mean_normalised_accuracy_std",
+           "accuracy_at_trained_location", "accuracy_at_trained_location_std", "accuracy",
+           "accuracy_std", "mean_penultimate_similarity", "mean_penultimate_similarity_std",
+           "consistency", "consistency_std", "top1_change_rate", "top1_change_rate_std",
+           "jaggedness", "jaggedness_std", "jagged_fraction", "jagged_fraction_std", "mad",
+           "mad_std", "mad_top1", "mad_top1_std", "test_items", "seconds")
 
 
 def table(records: Sequence[dict]) -> str:
@@ -94,13 +104,21 @@ def write(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       written += _class_group_heatmaps(workdir, sweeps, figures)
     if sims:
       written += _similarity_figures(workdir, sims, figures)
+    accuracy = [r for r in records if r["kind"] == "accuracy"]
+    if accuracy:
+      written += _accuracy_figures(accuracy, figures, config.experiment)
+    invariance = [r for r in records if r["kind"] == "invariance"]
+    if invariance:
+      written += diagnostics.comparison_figures(workdir, invariance, figures,
+                                                config.experiment)
   summary = {"results": [{k: r.get(k) for k in COLUMNS if k in r} for r in records],
              "figures": sorted(str(p.relative_to(workdir)) for p in written)}
   return summary
 
 
 def _title(record: dict) -> str:
-  parts = [record.get(k) for k in ("arm", "condition", "pretrain", "finetune", "network")]
+  parts = [record.get(k) for k in ("arm", "condition", "pretrain", "finetune", "network",
+                                   "padding", "border", "train_items", "split")]
   named = " / ".join(str(p) for p in parts if p)
   return named or record["test"]
 
@@ -241,5 +259,57 @@ def _similarity_figures(workdir, sims, figures) -> list[pathlib.Path]:
         layers, curves, str(path),
         title=f"exp5: cosine similarity per layer at the largest displacement "
         f"({next(iter(at_extreme.values()))[2]} px)")
+    written.append(path)
+  return written
+
+
+def _accuracy_figures(records, figures, experiment) -> list[pathlib.Path]:
+  """Kayhan & van Gemert's figures from ``accuracy`` tests, by what the tests' labels vary:
+  accuracy against the border per arm (Quadrant ImageNet), against the training set size per
+  padding (data efficiency), or bars per padding and split (the rook)."""
+  chance = records[0]["chance"]
+  written = []
+
+  def lines(x_key, line_key, split):
+    chosen = [r for r in records if r.get("split") == split]
+    xs = sorted({int(r[x_key]) for r in chosen})
+    means, stds = {}, {}
+    for r in chosen:
+      label = r.get(line_key, "")
+      means.setdefault(label, np.full(len(xs), np.nan))[xs.index(int(r[x_key]))] = r["accuracy"]
+      stds.setdefault(label, np.zeros(len(xs)))[xs.index(int(r[x_key]))] = r["accuracy_std"]
+    return xs, means, stds
+
+  if any("border" in r for r in records):
+    for split in sorted({r.get("split") for r in records}):
+      xs, means, stds = lines("border", "arm", split)
+      path = figures / f"accuracy_by_border_{split}.png"
+      plots.curves(xs, means, str(path), stds=stds, chance=chance, ylim=(0.0, 1.02),
+                   title=f"{experiment}: location accuracy ({split} split) against the black "
+                   "border\n(error bars: std over seeds)", xlabel="border (px)",
+                   ylabel="accuracy")
+      written.append(path)
+  elif any("train_items" in r for r in records):
+    xs, means, stds = lines("train_items", "padding", "test")
+    path = figures / "accuracy_by_train_size.png"
+    plots.curves(xs, means, str(path), stds=stds, log_x=True, chance=chance,
+                 title=f"{experiment}: test accuracy against the training set size\n"
+                 "(error bars: std over seeds)", xlabel="training items", ylabel="accuracy")
+    written.append(path)
+  else:
+    order = {p: i for i, p in enumerate(layers.PADDING_MODES)}  # zeros, valid, full, circular
+    groups = sorted(dict.fromkeys(r.get("padding") or r["test"] for r in records),
+                    key=lambda g: (order.get(g, len(order)), g))
+    series = list(dict.fromkeys(r.get("split", "test") for r in records))
+    means = np.full((len(series), len(groups)), np.nan)
+    stds = np.zeros_like(means)
+    for r in records:
+      i, j = series.index(r.get("split", "test")), groups.index(r.get("padding") or r["test"])
+      means[i, j], stds[i, j] = r["accuracy"], r["accuracy_std"]
+    path = figures / "accuracy.png"
+    plots.grouped_bars(means * 100, stds * 100, groups, series, str(path),
+                       title=f"{experiment}: accuracy per network\n(error bars: std over seeds)",
+                       ylabel="accuracy (%)", chance=[100 * chance] * len(groups),
+                       legend_title="split")
     written.append(path)
   return written

@@ -25,7 +25,9 @@ ALIASES = {"emnist": "emnist_letters", "fmnist": "fashion_mnist", "fashionmnist"
 LABELS = {"emnist_letters": "EMNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST",
           "mnist": "MNIST", "leek10": "Leek10", "leek2": "Leek2"}
 FINETUNE_POLICIES = ("all", "classifier", "frozen_conv")
-TEST_KINDS = ("sweep", "similarity")
+TEST_KINDS = ("sweep", "similarity", "accuracy", "invariance")
+LABEL_KINDS = ("class", "location", "location_pairs")
+SPLITS = ("train", "val", "test")
 
 
 def base_config(experiment: str) -> ml_collections.ConfigDict:
@@ -46,13 +48,22 @@ def base_config(experiment: str) -> ml_collections.ConfigDict:
   config.data.data_dir = ""             # "" -> $TRANSINV_JAX_DATA
   config.data.tfds_download = False     # let TFDS download (needs internet)
   config.data.max_train_items = 0       # 0 = the whole train split
+  config.data.val_items = 0             # held out from the end of the train split as "val"
+  config.data.labels = "class"          # class | location (each item at one corner, fixed:
+                                        # Quadrant ImageNet) | location_pairs (each item at
+                                        # both corners: the rook patches); location needs
+                                        # train_location="corners"
   config.data.canvas_size = 224
   config.data.item_size = 50
   config.data.channels = 3              # grayscale items are replicated to 3 identical channels
-  config.data.train_location = "leftmost_centred"  # fully_translated | fixed | regions
+  config.data.normalise = True          # canvas mean/std of the training canvases (the authors);
+                                        # False keeps black at 0, the zero padding's value
+  config.data.train_location = "leftmost_centred"  # fully_translated | fixed | regions |
+                                                   # corners
   config.data.fixed_centre = (25, 112)  # (x, y), used when train_location == "fixed"
   config.data.layout = ""               # "regions": which classes go where (locations.py)
   config.data.fit = "centre"            # "regions": the centre in the region, or the whole item
+  config.data.border = 0                # "corners": black margin around the corners (Kayhan)
 
   config.model = models.default_config()  # a plain VGG16; see transinv_jax/models/__init__.py
 
@@ -74,6 +85,18 @@ def base_config(experiment: str) -> ml_collections.ConfigDict:
   config.eval.items_per_batch = 64
   config.eval.centres_per_chunk = 0     # centres per call; 0 = as many as device memory holds
   config.eval.similarity_items_per_class = 1  # exp5: items per class (the authors: one)
+  # Invariance diagnostics (kind="invariance", configs/diagnose.py); see transinv_jax/invariance.py
+  config.eval.invariance_items = 200    # test items measured (the first N of the split)
+  config.eval.shift_path = "y"          # 1 px steps along x | y (Azulay & Weiss) | diagonal
+  config.eval.max_shift = 32            # path length: shifts 0..max_shift px
+  config.eval.consistency_offset = 32   # Zhang: offsets in [0, 32) (circular: [-32, 32))
+  config.eval.consistency_mode = "translate"  # translate (on the canvas) | circular (roll)
+  config.eval.consistency_pairs = 5     # random pairs of offsets per item
+  config.eval.top = 5                   # jaggedness: the correct class in or out of the top-5
+  config.eval.activity_threshold = 0.1  # nonshiftability: maps peaking above 0.1 x the layer's
+                                        # largest response for that item
+  config.eval.shift_tolerance = 0.2     # nonshiftability: a change > 20% of the map's mean sum
+  config.eval.shifts_per_chunk = 0      # shifts per call; 0 = as many as device memory holds
 
   config.stages = ml_collections.ConfigDict()
   config.tests = ml_collections.ConfigDict()
@@ -129,6 +152,11 @@ def stage(*, parent: str = "", finetune: str = "", untrained: bool = False,
   return entry
 
 
+def placeholders(base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``base``'s keys, each an unset typed placeholder (None) that the command line may set."""
+  return _overrides(base, {}, "placeholders")
+
+
 def _overrides(base: ml_collections.ConfigDict, values: dict,
                where: str) -> ml_collections.ConfigDict:
   """Every key of ``base``: the given value, or a typed placeholder (None = inherit).
@@ -144,14 +172,18 @@ def _overrides(base: ml_collections.ConfigDict, values: dict,
       ml_collections.config_dict.placeholder(type(value)) for key, value in base.items()})
 
 
-def test(stage_name: str, *, kind: str = "sweep", data: dict | None = None,
+def test(stage_name: str, *, kind: str = "sweep", split: str = "test", data: dict | None = None,
          labels: dict | None = None) -> ml_collections.ConfigDict:
   """One test of a stage's network.
 
   Args:
     stage_name: the stage tested.
-    kind: ``"sweep"`` (accuracy over the test grid) or ``"similarity"`` (cosine similarity of
-      every layer between the leftmost-centred item and the item moved along x).
+    kind: ``"sweep"`` (accuracy over the test grid), ``"similarity"`` (cosine similarity of
+      every layer between the leftmost-centred item and the item moved along x), ``"accuracy"``
+      (accuracy with items placed as in training: the stage's sampler) or ``"invariance"``
+      (every invariance measure of ``transinv_jax/invariance.py``).
+    split: the items tested: ``"test"``, ``"train"`` or ``"val"`` (``config.data.val_items``
+      held out from the end of the train split).
     data: overrides of the stage's data (e.g. another dataset); default: the stage's own.
     labels: strings naming the cell in tables and figures (e.g. pretrain / finetune).
 
@@ -159,7 +191,7 @@ def test(stage_name: str, *, kind: str = "sweep", data: dict | None = None,
     The test's config entry.
   """
   return ml_collections.ConfigDict({
-      "stage": stage_name, "kind": kind, "labels": labels or {},
+      "stage": stage_name, "kind": kind, "split": split, "labels": labels or {},
       "data": _overrides(base_config("").data, data or {}, "test data")})
 
 

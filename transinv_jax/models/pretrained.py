@@ -473,6 +473,34 @@ def adapt(pretrained: Mapping, target: Mapping) -> dict:
   return flax.traverse_util.unflatten_dict({k: out[k] for k in flat_new})
 
 
+def read_converted(path: PathLike, name: str) -> dict:
+  """A weights file as this zoo's variables (``from_torchvision`` / ``from_keras_vgg16``).
+
+  Args:
+    path: a ``.h5`` file of Keras VGG16 weights (``name == "vgg16"``), or any other suffix: a
+      torchvision-layout ``torch.save`` file.
+    name: ``config.model.name``.
+
+  Returns:
+    ``{"params": ..., "batch_stats": ...}`` of numpy arrays, with the file's own class count.
+
+  Raises:
+    PretrainedError: the file is missing, unreadable or not of that architecture.
+  """
+  if not pathlib.Path(path).is_file():
+    raise PretrainedError("no such file", path)
+  if pathlib.Path(path).suffix == ".h5":
+    if name != "vgg16":
+      raise PretrainedError(f"Keras .h5 weights are read for vgg16 only, not {name}", path)
+    weights, convert = read_keras_vgg16_h5(path), from_keras_vgg16
+  else:
+    weights, convert = read_torch_state_dict(path), lambda sd: from_torchvision(sd, name)
+  try:
+    return convert(weights)
+  except PretrainedError as e:
+    raise PretrainedError(e.detail, path) from e
+
+
 def load_pretrained(path: PathLike, name: str, target: Mapping, seeds: bool = False) -> dict:
   """Reads, converts and adapts pretrained weights for a model.
 
@@ -490,16 +518,8 @@ def load_pretrained(path: PathLike, name: str, target: Mapping, seeds: bool = Fa
   Raises:
     PretrainedError: the file is missing, unreadable or does not fit the model.
   """
-  if not pathlib.Path(path).is_file():
-    raise PretrainedError("no such file", path)
-  if pathlib.Path(path).suffix == ".h5":
-    if name != "vgg16":
-      raise PretrainedError(f"Keras .h5 weights are read for vgg16 only, not {name}", path)
-    weights, convert = read_keras_vgg16_h5(path), from_keras_vgg16
-  else:
-    weights, convert = read_torch_state_dict(path), lambda sd: from_torchvision(sd, name)
+  converted = read_converted(path, name)
   try:
-    converted = convert(weights)
     if not seeds:
       return adapt(converted, target)
     count = len(jax.tree.leaves(target)[0])
