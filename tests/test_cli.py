@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, only_result, read_test_record, subprocess_env, tiny_config
-from transinv_jax import checkpoints, config_checks
+from transinv_jax import checkpoints, config_checks, workdir
 from transinv_jax.data import sources
 from transinv_jax.experiments import pipeline
 
@@ -95,7 +95,7 @@ def test_resume_after_a_crash_reproduces_the_run(smoke_run, tmp_path):
     shutil.rmtree(path) if path.is_dir() else path.unlink()
   proc = main(args[0], f"--workdir={crashed}", args[2])
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "restored step 200" in proc.stderr
+  assert "resuming from the checkpoint of step 200" in proc.stderr
   first, again = read_test_record(workdir), read_test_record(crashed)
   assert again["stage_steps"] == [400]
   assert again["accuracy_along_trained_row"] == first["accuracy_along_trained_row"]
@@ -134,7 +134,7 @@ def test_workdir_with_another_config_is_refused(tmp_path, shared_data_dir):
   stored = json.loads(tiny_config().to_json_best_effort())
   stored["seed"] = 7
   (tmp_path / "run" / "config.json").write_text(json.dumps(stored))
-  with pytest.raises(config_checks.ConfigError, match="config.seed"):
+  with pytest.raises(workdir.WorkdirError, match="config.seed.*--on_config_change=resume"):
     pipeline.run(tiny_config(), str(tmp_path / "run"))
   assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json"]
 

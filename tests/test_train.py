@@ -95,12 +95,11 @@ def test_checkpoint_round_trip_and_corruption(setup, tmp_path):
   for a, b in zip(jax.tree.leaves(state.state), jax.tree.leaves(restored)):
     np.testing.assert_array_equal(a, b)
   assert int(restored.stop_reason) == train.STOP_MAX_STEPS
-  # Damage every data file of the checkpoint: restoring must fail with a clear error.
+  # Damage every data file of the only checkpoint: it is skipped, never loaded; none is left.
   for path in (tmp_path / "ckpt" / "5").rglob("*"):
     if path.is_file() and "metadata" not in path.name:
       path.write_bytes(b"garbage")
-  with pytest.raises(checkpoints.CheckpointError, match="cannot be read"):
-    checkpoints.Checkpoints(tmp_path / "ckpt").restore_latest(setup[1]())
+  assert checkpoints.Checkpoints(tmp_path / "ckpt").restore_latest(setup[1]()) is None
 
 
 def test_export_loads_without_orbax(setup, tmp_path):

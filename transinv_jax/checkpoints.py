@@ -1,6 +1,7 @@
 """Orbax checkpoints of the train state, and an export of the model variables that loads without
 orbax."""
 
+import hashlib
 import json
 import pathlib
 from typing import Any
@@ -9,6 +10,7 @@ import flax
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from transinv_jax import workdir as workdir_lib
 
@@ -20,16 +22,37 @@ class CheckpointError(RuntimeError):
   """A checkpoint or export that is missing or cannot be read."""
 
 
+def _sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
 class Checkpoints:
-  """The train state's checkpoints under ``directory``; saves are asynchronous."""
+  """The train state's checkpoints under ``directory``; saves are asynchronous.
+
+  Orbax writes each step into a temporary folder and renames it into place when complete, so a
+  crash mid-write leaves no step that looks finished. Once a save has finished, its files'
+  SHA-256 digests go into ``<directory>_digests/<step>.json`` (the seal). Restoring walks the steps
+  from the newest: a step whose files do not match its seal (bit rot, truncation, a deleted file),
+  or that orbax cannot read, is skipped with a warning and the next older one is tried; a damaged
+  checkpoint is never loaded.
+  """
 
   def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
+    directory = pathlib.Path(directory).absolute()
     self._manager = ocp.CheckpointManager(
-        pathlib.Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    self.directory = directory
+    self._seals = directory.with_name(directory.name + "_digests")
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
 
   def save(self, state: Any) -> None:
     """Saves ``state`` (a flax struct) under its step; returns before the write ends.
@@ -37,30 +60,81 @@ class Checkpoints:
     A state of several seeds is saved under its furthest seed's step, which only grows.
     """
     step = int(np.max(jax.device_get(state.step)))
+    self.wait()  # the previous save is sealed before the next starts
     if step in self._manager.all_steps():
       return
     self._manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
 
-  def restore_latest(self, state: Any) -> Any | None:
-    """The latest checkpoint restored into ``state``'s structure and sharding, or None if none."""
-    step = self._manager.latest_step()
-    if step is None:
+  def _step_dir(self, step: int) -> pathlib.Path:
+    return pathlib.Path(self._manager.directory) / str(step)
+
+  def _digests(self, step: int) -> dict[str, str]:
+    root = self._step_dir(step)
+    return {str(p.relative_to(root)): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+  def _seal(self) -> None:
+    """Writes the seal of every finished step that has none (after ``wait_until_finished``)."""
+    if not workdir_lib.is_writer():
+      return
+    for step in self._manager.all_steps():
+      seal = self._seals / f"{step}.json"
+      if not seal.exists() and self._step_dir(step).is_dir():
+        workdir_lib.write_json_atomic(seal, self._digests(step))
+    for seal in self._seals.glob("*.json") if self._seals.is_dir() else ():
+      if seal.stem.isdigit() and int(seal.stem) not in self._manager.all_steps():
+        seal.unlink(missing_ok=True)  # orbax dropped that step (max_to_keep)
+
+  def check(self, step: int) -> str | None:
+    """Why step ``step`` must not be loaded, or None if its files match its seal.
+
+    A step without a seal (the process ended between the save and its seal) is left to orbax's
+    own reading to judge.
+    """
+    seal = self._seals / f"{step}.json"
+    if not seal.exists():
       return None
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(state))
     try:
-      restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
-    except Exception as e:  # orbax raises many types; all mean "unreadable"
-      raise CheckpointError(
-          f"checkpoint {step} in {self._manager.directory} cannot be read ({e}); "
-          "delete that step's folder to resume from an earlier one, or use a new --workdir") from e
-    return flax.serialization.from_state_dict(state, restored)
+      expected = json.loads(seal.read_text())
+    except ValueError:
+      return f"its seal {seal} is unreadable"
+    found = self._digests(step)
+    missing = sorted(set(expected) - set(found))
+    if missing:
+      return f"{len(missing)} file(s) missing, e.g. {missing[0]}"
+    changed = sorted(k for k in expected if found[k] != expected[k])
+    if changed:
+      return f"{len(changed)} file(s) changed since it was written, e.g. {changed[0]}"
+    return None
+
+  def restore_latest(self, state: Any) -> Any | None:
+    """The newest readable checkpoint restored into ``state``'s structure and sharding.
+
+    Damaged steps are skipped with a warning (see the class docstring).
+
+    Returns:
+      The restored state, or None when there is no usable checkpoint (train from the start).
+    """
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, flax.serialization.to_state_dict(state))
+    for step in reversed(self.all_steps()):
+      problem = self.check(step)
+      if problem is None:
+        try:
+          restored = self._manager.restore(step, args=ocp.args.StandardRestore(target))
+          return flax.serialization.from_state_dict(state, restored)
+        except Exception as e:  # orbax raises many types; all mean "unreadable"
+          problem = f"orbax cannot read it ({type(e).__name__}: {str(e)[:200]})"
+      logging.warning("checkpoint %d in %s is damaged and skipped: %s", step, self.directory,
+                      problem)
+    return None
 
   def wait(self) -> None:
+    """Blocks until the running save has finished, then seals it."""
     self._manager.wait_until_finished()
+    self._seal()
 
   def close(self) -> None:
+    self.wait()
     self._manager.close()
-
 
 def export_variables(directory: pathlib.Path, variables: Any, config: dict) -> pathlib.Path:
   """Writes ``variables.npz`` and ``config.json`` to ``directory``.

@@ -5,6 +5,10 @@ r"""Runs one experiment from one config file.
       --config.train.learning_rate=1e-3
 
 On every host of a TPU VM slice, run the same command with ``--multihost``.
+
+A run is safe to interrupt: SIGTERM (a TPU VM's preemption notice) checkpoints the training stage
+and exits with status 143; rerunning the same command resumes where it stopped. A workdir that
+holds a run of another config is refused unless ``--on_config_change`` says what to do.
 """
 
 import logging as std_logging
@@ -15,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from transinv_jax import checkpoints, config_checks
+from transinv_jax import checkpoints, config_checks, preemption, workdir
 from transinv_jax.data import sources
 from transinv_jax.models import pretrained
 
@@ -28,6 +32,11 @@ _CACHE = flags.DEFINE_string(
     "jax_cache_dir", os.environ.get("TRANSINV_JAX_CACHE",
                                     os.path.expanduser("~/.cache/transinv_jax/xla")),
     "Persistent XLA compilation cache ('' disables it).")
+_ON_CONFIG_CHANGE = flags.DEFINE_enum(
+    "on_config_change", "refuse", workdir.ON_CONFIG_CHANGE,
+    "When --workdir holds a run of another config: refuse (default), resume (continue the "
+    "stored run with its stored config, ignoring this one), or restart (discard its results "
+    "and run this config; trained stages, keyed by what determines them, are kept).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Libraries whose INFO records drown the run's own progress lines (orbax logs every file it writes).
@@ -43,7 +52,7 @@ class _QuietLibraries(std_logging.Filter):
 
 # Errors that mean "fix your input", reported as one line instead of a traceback.
 USER_ERRORS = (config_checks.ConfigError, sources.DataError, checkpoints.CheckpointError,
-               pretrained.PretrainedError)
+               pretrained.PretrainedError, workdir.WorkdirError)
 
 
 def main(argv):
@@ -56,6 +65,8 @@ def main(argv):
     jax.config.update("jax_compilation_cache_dir", _CACHE.value)
   # Imported here so that --help stays fast.
   from transinv_jax.experiments import EXPERIMENTS  # pylint: disable=g-import-not-at-top
+  from transinv_jax.experiments import pipeline  # pylint: disable=g-import-not-at-top
+  preemption.install()
   config = _CONFIG.value
   logging.info("config:\n%s", config)
   try:
@@ -63,9 +74,13 @@ def main(argv):
   except KeyError:
     sys.exit(f"error: config.experiment={config.experiment!r}; use one of {list(EXPERIMENTS)}")
   try:
-    experiment(config, _WORKDIR.value)
-  except USER_ERRORS as e:
+    experiment(config, _WORKDIR.value, on_config_change=_ON_CONFIG_CHANGE.value)
+  except USER_ERRORS + (pipeline.TrainingDiverged,) as e:
     sys.exit(f"error: {e}")
+  except preemption.Preempted as e:
+    logging.warning("%s", e)
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(preemption.EXIT_CODE)
 
 
 if __name__ == "__main__":

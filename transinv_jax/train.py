@@ -32,6 +32,29 @@ RenderFn = Callable[[jax.Array, jax.Array], jax.Array]
 Metrics = dict[str, jax.Array]
 
 
+class Diverged(RuntimeError):
+  """The loss became NaN or infinite: training stopped before saving the bad state.
+
+  Attributes:
+    step: the first step whose loss was not finite.
+    seed: the index of the first seed that diverged (0 without seeds).
+    loss: that loss (nan, inf or -inf).
+  """
+
+  def __init__(self, step: int, seed: int, loss: float):
+    super().__init__(f"the training loss is {loss} at step {step}" +
+                     (f" (seed index {seed})" if seed else ""))
+    self.step, self.seed, self.loss = step, seed, loss
+
+
+class StopRequested(Exception):
+  """``train_loop``'s ``should_stop`` said stop; the state at ``step`` was checkpointed."""
+
+  def __init__(self, step: int):
+    super().__init__(f"stopped on request at step {step}")
+    self.step = step
+
+
 @flax.struct.dataclass
 class Items:
   """A dataset's items on the device.
@@ -216,7 +239,8 @@ class TrainResult:
 def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRule,
                log_every: int, scan_steps: int, on_metrics: Callable[[dict], None],
                on_checkpoint: Callable[[TrainState], None], checkpoint_every: int,
-               seeds: bool = False, **step_kwargs) -> TrainResult:
+               seeds: bool = False, should_stop: Callable[[], bool] = lambda: False,
+               **step_kwargs) -> TrainResult:
   """Dispatches steps until the stop rule fires, syncing with the device once per ``log_every``.
 
   Args:
@@ -231,10 +255,17 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRul
     on_checkpoint: saves a state; called every ``checkpoint_every`` steps and at the end.
     checkpoint_every: steps between checkpoints.
     seeds: the state and key carry a leading seeds axis; train every seed until all have stopped.
+    should_stop: asked at every host sync (e.g. ``preemption.requested``); True checkpoints the
+      state and raises ``StopRequested``.
     **step_kwargs: the other keyword-only arguments of ``train_step``.
 
   Returns:
     The final state and what stopped it.
+
+  Raises:
+    Diverged: a loss that is not finite (NaN or inf); the state is not checkpointed, so the last
+      checkpoint is the last good one.
+    StopRequested: ``should_stop()`` was True; the state was checkpointed first.
   """
   run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, stop=stop, seeds=seeds,
                                   **step_kwargs), donate_argnums=0)
@@ -255,6 +286,11 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRul
     metrics = {k: np.concatenate([m[k] for m in window]).reshape(-1, np.size(steps))
                for k in window[0]}  # [steps, seeds]
     active = metrics["active"]
+    bad = active & ~np.isfinite(metrics["loss"])
+    if bad.any():  # checked before any checkpoint of this window's state
+      first, seed = np.argwhere(bad)[0]
+      step = int(np.max(steps)) - (len(active) - 1 - first)
+      raise Diverged(step, int(seed), float(metrics["loss"][first, seed]))
     ran = active.sum(0)
     with np.errstate(invalid="ignore"):  # a seed that had stopped ran no step: NaN
       accuracy = np.where(ran > 0, (metrics["accuracy"] * active).sum(0) / ran, accuracy)
@@ -268,6 +304,9 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRul
                 # Stopped seeds stay behind; the running ones, all at the furthest step, set it.
                 "eta_seconds": (stop.max_steps - int(np.max(steps))) / steps_per_sec})
     steps = np.atleast_1d(steps)
+    if should_stop():
+      on_checkpoint(state)
+      raise StopRequested(int(steps.max()))
     if steps.max() - last_checkpoint >= checkpoint_every:
       on_checkpoint(state)
       last_checkpoint = steps.max()

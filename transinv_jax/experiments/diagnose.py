@@ -168,7 +168,7 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
   return Network(origin, variables, seeds, num_classes, flat, mean, std)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse") -> dict:
   """Measures the network of ``config.checkpoint``; see the module docstring.
 
   Every check (the checkpoint, the resolved config, the data files) runs before any file is
@@ -177,10 +177,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Args:
     config: a ``configs/diagnose.py`` config.
     workdir: the run directory.
+    on_config_change: when ``workdir`` holds a run of another config (``workdir.py``).
 
   Returns:
     The summary (also in ``workdir/summary.json``).
   """
+  workdir = pathlib.Path(workdir)
+  config = pipeline.workdir_config(config, workdir, on_config_change)
   mesh = sharding.make_mesh()
   platform = jax.default_backend()
   network = load_network(config, platform)
@@ -193,8 +196,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                     f"{config.checkpoint})") from None
   d = flat.data
   item_set = pipeline.load_items(d, config.split, flat.eval.invariance_items)
-  workdir = pathlib.Path(workdir)
-  finished = pipeline._prepare_workdir(config, workdir)  # pylint: disable=protected-access
+  finished = workdir_lib.prepare(json.loads(config.to_json_best_effort()), workdir)
   if finished is not None:
     logging.info("%s already holds a finished run; nothing to do", workdir)
     return finished

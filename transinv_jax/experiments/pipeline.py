@@ -36,11 +36,38 @@ import numpy as np
 from absl import logging
 
 from transinv_jax import checkpoints, config_checks, evaluate, finetune, models, plots
-from transinv_jax import sharding, similarity, train
+from transinv_jax import preemption, sharding, similarity, train
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import canvas, locations, sources
 from transinv_jax.experiments import diagnostics, reports, spec
 from transinv_jax.models import pretrained
+
+class TrainingDiverged(RuntimeError):
+  """A stage's loss became NaN or infinite; its last good checkpoint is kept."""
+
+
+def metric_writer(logdir: pathlib.Path):
+  """CLU's metric writer: TensorBoard event files under ``logdir`` on process 0, logging only on
+  the other processes (and where TensorBoard cannot be imported)."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # CLU's TensorBoard writer needs TensorFlow, an optional dependency
+    logging.warning("no TensorBoard files (%s): pip install -e '.[tfds]' for them; metrics.jsonl "
+                    "holds the same records", e)
+    return _NoBoard()
+  return metric_writers.create_default_writer(str(logdir),
+                                              just_logging=not workdir_lib.is_writer())
+
+
+class _NoBoard:
+  """Stands in for a metric writer where TensorBoard is not installed."""
+
+  def write_scalars(self, step, scalars):
+    del step, scalars
+
+  def close(self):
+    pass
+
 
 # Keys that change how a stage is run, not what it computes: left out of its cache key.
 _RUN_ONLY = {("data", "data_dir"), ("data", "tfds_download"), ("train", "log_every"),
@@ -368,11 +395,15 @@ class Pipeline:
       return self._stages[name]
     flat, entry = stage_config(self.config, name), self.config.stages[name]
     directory = self.stage_dir / stage_key(self.config, name)
-    done = directory / "done.json"
-    if done.exists():
-      summary = json.loads(done.read_text())
-      variables = [checkpoints.load_exported(directory / "export" / f"seed{s}")[0]
-                   for s in self.seeds]
+    summary = workdir_lib.read_json(directory / "done.json", f"stage {name}'s record")
+    if summary is not None:
+      try:
+        variables = [checkpoints.load_exported(directory / "export" / f"seed{s}")[0]
+                     for s in self.seeds]
+      except checkpoints.CheckpointError as e:
+        logging.warning("stage %s: %s; finishing the stage again from its checkpoints", name, e)
+        summary = None
+    if summary is not None:
       variables = (jax.tree.map(lambda *xs: np.stack(xs), *variables) if self.multi
                    else variables[0])
       logging.info("stage %s: finished earlier, loaded from %s", name, directory)
@@ -448,14 +479,25 @@ class Pipeline:
     d, t = flat.data, flat.train
     ckpts = checkpoints.Checkpoints(directory / "checkpoints")
     restored = ckpts.restore_latest(state)
+    start_step = 0
     if restored is not None:
       state = restored
-      logging.info("stage %s: restored step %s", name, jax.device_get(state.step).tolist())
-    writer = workdir_lib.MetricsWriter(directory / "metrics.jsonl")
+      start_step = int(np.max(jax.device_get(state.step)))
+      logging.info("stage %s: resuming from the checkpoint of step %d", name, start_step)
+    elif ckpts.all_steps():
+      logging.warning("stage %s: no usable checkpoint in %s; training from the start", name,
+                      ckpts.directory)
+    # Records written after the restored step by an interrupted run are dropped: the resumed run
+    # writes them again (the same values: every step is a function of the seed and its number).
+    writer = workdir_lib.MetricsWriter(directory / "metrics.jsonl", keep_until=start_step)
+    board = metric_writer(directory / "tensorboard")
     total = len(self.order)
 
     def on_metrics(record):
       writer.write(**record)
+      step = int(np.max(record["step"]))
+      board.write_scalars(step, {k: float(np.nanmean(np.asarray(record[k], np.float64)))
+                                 for k in ("loss", "train_accuracy", "steps_per_sec")})
       shown = {k: np.round(v, 3).tolist() for k, v in record.items()}
       logging.info("[stage %d/%d %s] step %s loss %s train_accuracy %s streak %s "
                    "(%s steps/s, at most %s s to go)", index, total, name, shown["step"],
@@ -464,21 +506,32 @@ class Pipeline:
       # Stages still to train after this one, each at most max_steps: an upper bound.
       later = sum(1 for s in self.order[index:] if s not in self._stages)
       self.report(now=f"stage {name}", stage_index=index, step=record["step"],
-                   steps_per_sec=record["steps_per_sec"], stage_eta_seconds=record["eta_seconds"],
-                   experiment_eta_seconds_at_most=record["eta_seconds"] +
-                   later * t.max_steps / max(record["steps_per_sec"], 1e-9))
+                  steps_per_sec=record["steps_per_sec"], stage_eta_seconds=record["eta_seconds"],
+                  experiment_eta_seconds_at_most=record["eta_seconds"] +
+                  later * t.max_steps / max(record["steps_per_sec"], 1e-9))
 
     logging.info("[stage %d/%d %s] training on %s (%s), %d seed(s)", index, total, name,
                  d.dataset, d.train_location, len(self.seeds))
-    result = train.train_loop(
-        state, train_items, data_key,
-        stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps),
-        log_every=t.log_every, scan_steps=t.scan_steps, on_metrics=on_metrics,
-        on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every, seeds=self.multi,
-        render=self._render(d, mean, std), sampler=make_sampler(d, num_classes),
-        batch_size=t.batch_size, mesh=self.mesh)
-    ckpts.wait()
-    ckpts.close()
+    try:
+      result = train.train_loop(
+          state, train_items, data_key,
+          stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps),
+          log_every=t.log_every, scan_steps=t.scan_steps, on_metrics=on_metrics,
+          on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every, seeds=self.multi,
+          should_stop=preemption.requested, render=self._render(d, mean, std),
+          sampler=make_sampler(d, num_classes), batch_size=t.batch_size, mesh=self.mesh)
+    except train.StopRequested as e:
+      raise preemption.Preempted(f"stage {name}, checkpointed at step {e.step}") from None
+    except train.Diverged as e:
+      kept = ckpts.all_steps()
+      raise TrainingDiverged(
+          f"stage {name}: {e}; training stopped there. The last good checkpoint "
+          f"({f'step {kept[-1]}' if kept else 'none yet'}) is kept in {ckpts.directory}. Lower "
+          f"config.train.learning_rate (now {t.learning_rate}) or check the data; a changed "
+          "config trains the stage afresh in a new folder") from None
+    finally:
+      ckpts.close()
+      board.close()
     return result
 
   # -- tests
@@ -487,8 +540,11 @@ class Pipeline:
     """A test's result record (from ``tests/<name>/result.json`` when it ran before)."""
     directory = self.workdir / "tests" / name
     done = directory / "result.json"
-    if done.exists():
-      return json.loads(done.read_text())
+    record = workdir_lib.read_json(done, f"test {name}'s result")
+    if record is not None:
+      return record
+    if preemption.requested():
+      raise preemption.Preempted(f"the tests, before test {name}")
     entry, flat = self.config.tests[name], test_config(self.config, name)
     trained = self.stage(entry.stage)
     self.report(now=f"test {name}")
@@ -678,39 +734,6 @@ def write_sweep(directory: pathlib.Path, sweeps: list[evaluate.SweepResult], see
   return record
 
 
-def _prepare_workdir(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict | None:
-  """Creates the workdir, or checks that an existing one holds this config.
-
-  Returns:
-    The stored summary if this exact experiment already finished, else None.
-  """
-  stored_path = workdir / "config.json"
-  current = _as_dict(config)
-  if stored_path.exists():
-    stored = json.loads(stored_path.read_text())
-    if stored != current:
-      changed = sorted(_diff(stored, current))
-      raise config_checks.ConfigError(
-          f"--workdir={workdir} holds a run with a different config (changed: "
-          f"{', '.join(changed)}); use a new --workdir (share trained stages between workdirs "
-          "with --config.stage_dir), or delete that one to start over")
-    summary = workdir / workdir_lib.SUMMARY
-    if summary.exists():
-      return json.loads(summary.read_text())
-    logging.info("resuming the run in %s", workdir)
-  elif workdir_lib.is_writer():
-    workdir.mkdir(parents=True, exist_ok=True)
-    workdir_lib.write_json_atomic(stored_path, current)
-  return None
-
-
-def _diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
-  if isinstance(a, dict) and isinstance(b, dict):
-    return [k for key in sorted(set(a) | set(b))
-            for k in _diff(a.get(key), b.get(key), f"{prefix}.{key}")]
-  return [] if a == b else [prefix]
-
-
 def _split(entry: ml_collections.ConfigDict) -> str:
   return entry.get("split") or "test"
 
@@ -750,7 +773,14 @@ def check_inputs(pipeline: Pipeline) -> None:
     pipeline.items(flat.data, _split(config.tests[name]), _test_max_items(config, name, flat))
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+                   on_config_change: str) -> ml_collections.ConfigDict:
+  """The config to run in ``workdir`` (``workdir.choose_config``): ``config`` or the stored one."""
+  chosen = workdir_lib.choose_config(_as_dict(config), workdir, on_config_change)
+  return config if chosen == _as_dict(config) else ml_collections.ConfigDict(chosen)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse") -> dict:
   """Runs (or resumes, or finds finished) the experiment that ``config`` describes.
 
   Every check (each stage's and test's config, data files, pretrained weights, an existing
@@ -759,16 +789,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Args:
     config: an experiment config (see spec.py and configs/).
     workdir: the run directory.
+    on_config_change: when ``workdir`` holds a run of another config: ``refuse``, ``resume``
+      (run the stored config) or ``restart`` (see ``workdir.py``).
 
   Returns:
     The experiment's summary (also in ``workdir/summary.json``).
   """
+  workdir = pathlib.Path(workdir)
+  config = workdir_config(config, workdir, on_config_change)
   mesh = sharding.make_mesh()
   check(config, mesh.size)
-  workdir = pathlib.Path(workdir)
   pipeline = Pipeline(config, workdir, mesh)
   check_inputs(pipeline)
-  finished = _prepare_workdir(config, workdir)
+  finished = workdir_lib.prepare(_as_dict(config), workdir)
   if finished is not None:
     logging.info("%s already holds a finished run; nothing to do", workdir)
     return finished
