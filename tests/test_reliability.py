@@ -228,12 +228,27 @@ def test_nan_stops_training_before_a_bad_checkpoint(saved):
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(good.params))
 
 
+def test_bad_params_are_never_saved_even_with_a_finite_loss(saved):
+  """An update that overflows leaves NaN params after a step whose loss was finite: the
+  checkpoint that would follow is refused."""
+  directory, _, result, (items, kwargs) = saved
+  ckpts = checkpoints.Checkpoints(directory, max_to_keep=5)
+  stopped_bad = result.state.replace(
+      params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), result.state.params))
+  with pytest.raises(train.Diverged, match="the parameters are NaN or infinite after step 6"):
+    train.train_loop(stopped_bad, items, jax.random.key(1), stop=train.StopRule(1.1, 0, 6),
+                     **dict(kwargs, on_checkpoint=ckpts.save))
+  ckpts.wait()
+  assert ckpts.all_steps() == [3, 6] and ckpts.check(6) is None   # step 6 is still the good one
+
+
 def test_a_diverging_stage_names_the_step_and_writes_no_result(tmp_path, shared_data_dir):
   del shared_data_dir
   config = tiny_config()
   config.train.learning_rate = 1e30
   with pytest.raises(pipeline.TrainingDiverged,
-                     match=r"stage vanilla_mnist: the training loss is (nan|inf) at step \d+.*"
+                     match=r"stage vanilla_mnist: the (training loss is (nan|inf) at step|"
+                     r"parameters are NaN or infinite after step) \d+.*"
                      r"config.train.learning_rate"):
     pipeline.run(config, str(tmp_path / "run"))
   stage, = (tmp_path / "run" / "stages").iterdir()

@@ -38,12 +38,13 @@ class Diverged(RuntimeError):
   Attributes:
     step: the first step whose loss was not finite.
     seed: the index of the first seed that diverged (0 without seeds).
-    loss: that loss (nan, inf or -inf).
+    loss: that loss (nan, inf or -inf); None when the parameters went bad first.
   """
 
-  def __init__(self, step: int, seed: int, loss: float):
-    super().__init__(f"the training loss is {loss} at step {step}" +
-                     (f" (seed index {seed})" if seed else ""))
+  def __init__(self, step: int, seed: int, loss: float | None = None):
+    what = (f"the training loss is {loss} at step {step}" if loss is not None else
+            f"the parameters are NaN or infinite after step {step}")
+    super().__init__(what + (f" (seed index {seed})" if seed else ""))
     self.step, self.seed, self.loss = step, seed, loss
 
 
@@ -217,6 +218,27 @@ def train_steps(state: TrainState, items: Items, key: jax.Array, *, num_steps: i
   return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps)
 
 
+@functools.partial(jax.jit, static_argnums=1)
+def _finite_params(params: Any, seeds: bool) -> jax.Array:
+  """bool [] (or [seeds] with ``seeds``): whether every parameter (of each seed) is finite."""
+  finite = jnp.stack([jnp.isfinite(x).reshape((x.shape[0] if seeds else 1, -1)).all(-1)
+                      for x in jax.tree.leaves(params)]).all(0)
+  return finite if seeds else finite[0]
+
+
+def _save_if_finite(save: Callable[[TrainState], None], seeds: bool, state: TrainState) -> None:
+  """Checkpoints ``state`` unless a parameter is NaN or inf (then raises ``Diverged``).
+
+  The loss check sees each step's loss before its update; an update that overflows shows in the
+  params first, so they are checked before anything is saved.
+  """
+  finite = np.atleast_1d(jax.device_get(_finite_params(state.params, seeds)))
+  if not finite.all():
+    seed = int(np.flatnonzero(~finite)[0])
+    raise Diverged(int(np.atleast_1d(jax.device_get(state.step))[seed]), seed)
+  save(state)
+
+
 @dataclasses.dataclass
 class TrainResult:
   """What ``train_loop`` ends with.
@@ -263,12 +285,13 @@ def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRul
     The final state and what stopped it.
 
   Raises:
-    Diverged: a loss that is not finite (NaN or inf); the state is not checkpointed, so the last
-      checkpoint is the last good one.
+    Diverged: a loss or a parameter that is not finite (NaN or inf); that state is not
+      checkpointed, so the last checkpoint is the last good one.
     StopRequested: ``should_stop()`` was True; the state was checkpointed first.
   """
   run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, stop=stop, seeds=seeds,
                                   **step_kwargs), donate_argnums=0)
+  on_checkpoint = functools.partial(_save_if_finite, on_checkpoint, seeds)
   # Host-side bookkeeping works on [seeds] arrays either way.
   as_list = (lambda a: a.tolist()) if seeds else (lambda a: a.item())
   steps = np.atleast_1d(jax.device_get(state.step))

@@ -42,6 +42,7 @@ from transinv_jax.data import canvas, locations, sources
 from transinv_jax.experiments import diagnostics, reports, spec
 from transinv_jax.models import pretrained
 
+
 class TrainingDiverged(RuntimeError):
   """A stage's loss became NaN or infinite; its last good checkpoint is kept."""
 
