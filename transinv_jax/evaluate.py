@@ -121,13 +121,14 @@ def auto_chunk(run, args_for_chunk, num_centres: int, fallback: int,
 
 def whole_chunks(points: np.ndarray, chunk: int, num_items: int,
                  mesh: Mesh | None) -> tuple[np.ndarray, int]:
-  """Pads ``points`` (centres or shifts) to whole chunks of a call over ``items x chunk`` canvases.
+  """Pads ``points`` to whole chunks of a call over ``per_point x chunk`` canvases.
 
   Args:
-    points: [P, 2], the centres or shifts to run.
+    points: [P, ...], what each call takes a chunk of (centres, shifts, item indices).
     chunk: the requested points per call (clipped to 1..P).
-    num_items: items per call; with a mesh of several devices the chunk grows until
-      ``num_items * chunk`` splits evenly over them.
+    num_items: canvases per point in a call (items per centre, or shifted copies per item);
+      with a mesh of several devices the chunk grows until ``num_items * chunk`` splits evenly
+      over them.
     mesh: the device mesh, or None for one device.
 
   Returns:
@@ -140,6 +141,23 @@ def whole_chunks(points: np.ndarray, chunk: int, num_items: int,
     step = mesh.size // math.gcd(num_items, mesh.size)
     chunk = -(-chunk // step) * step
   return np.concatenate([points, np.repeat(points[-1:], -num % chunk, axis=0)]), chunk
+
+
+def item_batches(items: Items, items_per_batch: int, mesh: Mesh):
+  """``(images, labels, valid)`` batches of ``items``, split over the mesh.
+
+  The last batch is padded with zero items whose ``valid`` is False, so every batch has the same
+  shape (one compilation) and the padding is masked out of the counts.
+  """
+  num_items = items.num_items
+  pad = -num_items % items_per_batch
+  images = jnp.pad(items.images, ((0, pad),) + ((0, 0),) * 3)
+  labels = jnp.pad(items.labels, (0, pad))
+  valid = jnp.arange(num_items + pad) < num_items
+  batch_spec = sharding.batch_sharded(mesh)
+  for b in range(0, num_items + pad, items_per_batch):
+    sl = slice(b, b + items_per_batch)
+    yield jax.device_put((images[sl], labels[sl], valid[sl]), batch_spec)
 
 
 def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: ClassifyFn,
@@ -177,24 +195,17 @@ def shift_sweep(params: Any, items: Items, centres: np.ndarray, *, classify: Cla
         num_centres, fallback=19)
     logging.info("sweep: %d centres per call", centres_per_chunk)
   centres_per_chunk = min(centres_per_chunk, num_centres)
-  # Pad items and centres to whole batches and chunks; padding is masked or sliced off.
-  pad_items = -num_items % items_per_batch
-  images = jnp.pad(items.images, ((0, pad_items),) + ((0, 0),) * 3)
-  labels = jnp.pad(items.labels, (0, pad_items))
-  valid = jnp.arange(num_items + pad_items) < num_items
+  # Pad the centres to whole chunks; the padding is sliced off.
   padded_centres = np.concatenate(
       [centres, np.repeat(centres[-1:], -num_centres % centres_per_chunk, axis=0)])
 
-  batch_spec = sharding.batch_sharded(mesh)
   chunks = []
   num_chunks = padded_centres.shape[0] // centres_per_chunk
   start = time.perf_counter()
   for i, c in enumerate(range(0, padded_centres.shape[0], centres_per_chunk), 1):
     chunk = jnp.asarray(padded_centres[c:c + centres_per_chunk])
     total = jnp.zeros((centres_per_chunk, num_classes), jnp.int32)
-    for b in range(0, num_items + pad_items, items_per_batch):
-      sl = slice(b, b + items_per_batch)
-      batch = jax.device_put((images[sl], labels[sl], valid[sl]), batch_spec)
+    for batch in item_batches(items, items_per_batch, mesh):
       total = total + run(params, *batch, chunk)
     chunks.append(total)
     if i % max(1, num_chunks // 10) == 0 or i == num_chunks:  # about ten progress lines
@@ -257,16 +268,8 @@ def placed_accuracy(params: Any, items: Items, key: jax.Array, *, classify: Clas
   """
   run = jax.jit(functools.partial(placed_correct, classify=classify, render=render,
                                   sampler=sampler, num_classes=num_classes, mesh=mesh))
-  num_items = items.num_items
-  pad = -num_items % items_per_batch
-  images = jnp.pad(items.images, ((0, pad),) + ((0, 0),) * 3)
-  labels = jnp.pad(items.labels, (0, pad))
-  valid = jnp.arange(num_items + pad) < num_items
-  batch_spec = sharding.batch_sharded(mesh)
   total = jnp.zeros((num_classes,), jnp.int32)
-  for i, b in enumerate(range(0, num_items + pad, items_per_batch)):
-    sl = slice(b, b + items_per_batch)
-    batch = jax.device_put((images[sl], labels[sl], valid[sl]), batch_spec)
+  for i, batch in enumerate(item_batches(items, items_per_batch, mesh)):
     total = total + run(params, *batch, jax.random.fold_in(key, i))
   correct = np.asarray(jax.device_get(total)).astype(np.int64)
   totals = np.bincount(np.asarray(jax.device_get(items.labels)), minlength=num_classes)

@@ -601,18 +601,16 @@ def consistency(apply_fn: ApplyFn, variables: Any, items: Items, key: jax.Array,
 
   if mesh is not None and mesh.size == 1:
     mesh = None
-  batch = min(items_per_batch, num_items)
-  if mesh is not None:  # whole shards: 2 * pairs * batch canvases divide over the devices
-    step = mesh.size // math.gcd(2 * pairs_per_item, mesh.size)
-    batch = -(-batch // step) * step
   run = _compiled_consistency(apply_fn, render, mode, mesh)
-  # Pad the items to whole batches with copies of the last; their answers are sliced off.
-  pad = -num_items % batch
-  images = jnp.concatenate([items.images, jnp.repeat(items.images[-1:], pad, axis=0)])
-  padded_offsets = jnp.concatenate([offsets, jnp.repeat(offsets[-1:], pad, axis=0)])
+  # Whole batches (2 * pairs * batch canvases divide over the devices), padded with copies of
+  # the last item; their answers are sliced off.
+  index, batch = evaluate.whole_chunks(np.arange(num_items), items_per_batch,
+                                       2 * pairs_per_item, mesh)
+  index = jnp.asarray(index)
+  images, padded_offsets = items.images[index], offsets[index]
   centre = jnp.asarray(base_centre)
   parts = [run(variables, images[b:b + batch], padded_offsets[b:b + batch], centre)
-           for b in range(0, num_items + pad, batch)]
+           for b in range(0, len(index), batch)]
   predictions = np.asarray(jax.device_get(jnp.concatenate(parts)), np.int32)[:num_items]
   return ConsistencyResult(
       agreement=predictions[..., 0] == predictions[..., 1], predictions=predictions,

@@ -26,7 +26,6 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
@@ -131,9 +130,8 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
           f"config.checkpoint={config.checkpoint!r} has no output layer; diagnostics need the "
           "network's class probabilities") from None
     model = models.build_model(flat.model, num_classes, platform)
-    shape = (1, flat.data.canvas_size, flat.data.canvas_size, flat.data.channels)
-    target = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(shape))
-    target = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), target)
+    target = pretrained.abstract_target(
+        model, (1, flat.data.canvas_size, flat.data.canvas_size, flat.data.channels))
     try:
       variables = pretrained.adapt(converted, target)
     except pretrained.PretrainedError as e:

@@ -83,6 +83,7 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
   base = path_base(d.canvas_size, d.item_size, ev.shift_path, ev.max_shift)
   diagonal_length = int(min(ev.consistency_offset, room))
   diagonal = invariance.path("diagonal", diagonal_length)
+  diagonal_offsets = np.abs(diagonal).max(-1)
   diagonal_base = path_base(d.canvas_size, d.item_size, "diagonal", diagonal_length)
   if ev.consistency_mode == "translate":
     consistency_base = path_base(d.canvas_size, d.item_size, "diagonal",
@@ -106,7 +107,7 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
                                      shifts_per_chunk=ev.shifts_per_chunk, mesh=mesh)
     num_classes = run.probs.shape[-1]
     if not labelled:  # the network's own answer at the start of the path is the reference
-      run = _relabelled(run, run.predictions[:, 0])
+      run = dataclasses.replace(run, labels=run.predictions[:, 0].astype(np.int32))
     top = min(ev.top, num_classes - 1) if num_classes > 1 else 1
     summary = invariance.summarise(run, top=top, activity_threshold=ev.activity_threshold,
                                    tolerance=ev.shift_tolerance)
@@ -154,12 +155,12 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
         nonshiftability=nonshift, equivariance_error=equivariance,
         equivariance_by_shift=equivariance_by_shift, feature_layer=np.array(feature_layer),
         feature_sums=np.stack([r.sums[feature_layer] for r in path_runs]),
-        diagonal_offsets=np.abs(diagonal).max(-1),
+        diagonal_offsets=diagonal_offsets,
         diagonal_probability=np.stack(diagonal_runs),
         consistency_agreement=np.stack(agreements),
         similarity_layers=np.array(similarities[0].layers),
         similarity_displacements=similarities[0].displacements, similarity=sim)
-    _figures(directory, title, first, feature_layer, offsets, np.abs(diagonal).max(-1),
+    _figures(directory, title, first, feature_layer, offsets, diagonal_offsets,
              np.stack(diagonal_runs), layers, nonshift, equivariance, similarities[0].layers,
              sim, int(similarities[0].displacements[-1]), ev.shift_path)
 
@@ -172,9 +173,10 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
             "consistency_offset": int(ev.consistency_offset),
             "consistency_pairs": int(ev.consistency_pairs), "layers": layers,
             "strides": [first.strides.get(n, 0) for n in layers],
-            "nonshiftability": _mean_list(nonshift), "nonshiftability_std": _std_list(nonshift),
-            "equivariance_error": _mean_list(equivariance),
-            "equivariance_error_std": _std_list(equivariance),
+            "nonshiftability": _per_layer(nonshift, np.nanmean),
+            "nonshiftability_std": _per_layer(nonshift, np.nanstd),
+            "equivariance_error": _per_layer(equivariance, np.nanmean),
+            "equivariance_error_std": _per_layer(equivariance, np.nanstd),
             "feature_layer": feature_layer,
             "diagonal_probability": np.mean(diagonal_runs, axis=(0, 1)).tolist(),
             "similarity_layers": similarities[0].layers,
@@ -188,10 +190,6 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
   return record
 
 
-def _relabelled(run: invariance.ShiftResponses, labels: np.ndarray) -> invariance.ShiftResponses:
-  return dataclasses.replace(run, labels=np.asarray(labels, np.int32))
-
-
 @contextlib.contextmanager
 def _quiet():
   """Means over seeds or shifts where a measure is undefined everywhere (NaN) stay NaN, quietly."""
@@ -200,16 +198,11 @@ def _quiet():
     yield
 
 
-def _mean_list(values: np.ndarray) -> list:
+def _per_layer(values: np.ndarray, reduce) -> list:
+  """``reduce`` (np.nanmean or np.nanstd) over seeds of [S, L] values; None where undefined."""
   with _quiet():
-    mean = np.nanmean(values, 0) if np.isfinite(values).any() else values[0]
-  return [None if not np.isfinite(v) else float(v) for v in mean]
-
-
-def _std_list(values: np.ndarray) -> list:
-  with _quiet():
-    std = np.nanstd(values, 0) if np.isfinite(values).any() else values[0]
-  return [None if not np.isfinite(v) else float(v) for v in std]
+    out = reduce(values, 0)
+  return [None if not np.isfinite(v) else float(v) for v in out]
 
 
 def _figures(directory, title, first, feature_layer, offsets, diagonal_offsets, diagonal_runs,

@@ -764,10 +764,7 @@ def check_inputs(pipeline: Pipeline) -> None:
     if flat.model.pretrained:
       model = models.build_model(flat.model, train_set.num_classes, pipeline.platform)
       d = flat.data
-      shapes = jax.eval_shape(model.init, jax.random.key(0),
-                              jnp.zeros((1, d.canvas_size, d.canvas_size, d.channels)))
-      # Zero-strided views: the shapes and dtypes that adapt() checks, without the memory.
-      target = jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
+      target = pretrained.abstract_target(model, (1, d.canvas_size, d.canvas_size, d.channels))
       pretrained.load_pretrained(flat.model.pretrained, flat.model.name, target)
   for name in config.tests:
     flat = test_config(config, name)

@@ -426,6 +426,18 @@ def from_keras_vgg16(weights: Mapping[str, np.ndarray]) -> dict:
 # Fitting to the model.
 
 
+def abstract_target(model, input_shape: tuple[int, ...]) -> dict:
+  """A model's variables as zero-strided numpy views: the shapes and dtypes ``adapt`` checks,
+  without computing or holding the real arrays.
+
+  Args:
+    model: an unbound Flax module.
+    input_shape: ``(1, height, width, channels)``.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(input_shape))
+  return jax.tree.map(lambda s: np.broadcast_to(np.zeros((), s.dtype), s.shape), shapes)
+
+
 def adapt(pretrained: Mapping, target: Mapping) -> dict:
   """Fits imported variables to the model being trained.
 
