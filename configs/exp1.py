@@ -4,7 +4,7 @@ Each network is trained on items (resized to 50x50) at the leftmost-centred loca
 224x224 canvas and tested with the same test items centred on every point of a 19x19 grid. The
 vanilla arm starts from Kaiming initialisation; the ImageNet arm from torchvision's ImageNet VGG16
 (a file you supply: ``--config.imagenet_weights=vgg16-397923af.pth``). Six datasets, five seeds
-each, trained together.
+each (config.seeds_mode: sequential, one compiled step for every seed).
 
   python -m transinv_jax.main --config=configs/exp1.py --workdir=runs/exp1 \
       --config.imagenet_weights=/path/to/vgg16-397923af.pth

@@ -3,7 +3,7 @@ r"""Biscione & Bowers, experiment 2: pretrain fully translated, fine-tune at one
 A VGG16 is pretrained on each of the six datasets with items anywhere on the canvas (fully
 translated), then fine-tuned on each dataset's 1-location version (leftmost-centred) and tested on
 that dataset over the 19x19 grid. 6 pretrained networks (each trained once and reused by its six
-fine-tunes) x 6 fine-tunes, five seeds each, trained together. Outputs: the normalised-accuracy
+fine-tunes) x 6 fine-tunes, five seeds each. Outputs: the normalised-accuracy
 matrix (figure 2B), bars with std (figure 6), heatmaps, results.csv.
 
   python -m transinv_jax.main --config=configs/exp2.py --workdir=runs/exp2

@@ -40,8 +40,9 @@ def test_policies_mark_the_right_layers():
 ])
 def test_frozen_layers_do_not_move_in_training(policy, changed):
   model, mesh = _model(), sharding.make_mesh()
-  state = train.create_train_state(model, jax.random.key(0), (32, 32, 3), 1e-2, mesh,
+  state = train.create_train_state(model, jax.random.key(0)[None], (32, 32, 3), 1e-2, mesh,
                                    trainable=finetune.trainable(policy))
+  state = jax.tree.map(lambda x: x[0], state)  # one seed, as train_steps takes it
   before = jax.device_get(state.params)
   rng = np.random.default_rng(0)
   items = train.Items(images=jnp.asarray(rng.integers(0, 256, (64, 8, 8, 1), np.uint8)),

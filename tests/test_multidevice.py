@@ -32,11 +32,10 @@ def test_eight_devices_match_one(tmp_path):
 
 def _compare(out_path):
   """Trains and sweeps on an 8-device mesh and on a 1-device mesh; writes what differs."""
-  import functools  # pylint: disable=g-import-not-at-top
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from transinv_jax import evaluate, invariance, sharding, train
+  from transinv_jax import evaluate, invariance, kernel, sharding, train
   from transinv_jax.data import canvas, locations
   from transinv_jax.models import vgg
 
@@ -45,36 +44,31 @@ def _compare(out_path):
   images = jnp.asarray(rng.integers(0, 256, (40, 8, 8, 1), dtype=np.uint8))
   labels = jnp.asarray(rng.integers(0, 3, 40), jnp.int32)
   model = vgg.VGG11(num_classes=3, width=1 / 32, hidden=32)
-  render = functools.partial(canvas.render, canvas_size=32, mean=np.float32(0.1),
-                             std=np.float32(0.3), channels=3)
+  render = canvas.Renderer(32, 0.1, 0.3, 3)
   centres = locations.grid_centres(locations.paper_axis(32, 8, 6), np.array([4, 16, 27]))
 
   def run(mesh):
     items = jax.device_put(train.Items(images=images, labels=labels), sharding.replicated(mesh))
-    state = train.create_train_state(model, jax.random.key(0), (32, 32, 3), 1e-3, mesh)
+    state = train.create_train_state(model, jax.random.key(0)[None], (32, 32, 3), 1e-3, mesh)
     records = []
     result = train.train_loop(
-        state, items, jax.random.key(1), log_every=5, scan_steps=1, on_metrics=records.append,
+        state, items, jax.random.key(1)[None], log_every=5, scan_steps=1, on_metrics=records.append,
         on_checkpoint=lambda s: None, checkpoint_every=100, render=render, batch_size=16,
         mesh=mesh, sampler=locations.make_sampler("fully_translated", 32, 8),
         stop=train.StopRule(1.1, 0, 10))
-    sweep = evaluate.shift_sweep(
-        result.state.params, items, centres, render=render, num_classes=3, mesh=mesh,
-        classify=lambda p, x: model.apply({"params": p}, x)[0], items_per_batch=8,
-        centres_per_chunk=4)
+    net, variables = kernel.Inference(model), {"params": result.state.params}
+    sweep = evaluate.shift_sweep(net, variables, items, centres, render=render, mesh=mesh,
+                                 items_per_batch=8, centres_per_chunk=4)
     x = sharding.constrain_batch  # the batch layout the step asks for
     shard = jax.jit(lambda a: x(a, mesh))(jnp.zeros((16, 32, 32, 3)))
-    apply_fn = lambda v, x: model.apply(v, x)
-    variables = {"params": result.state.params}
     # 5 items x 3 shifts per call: the chunk grows to 8 shifts so that 40 canvases split 8 ways.
     responses = invariance.shift_responses(
-        apply_fn, variables, train.Items(images[:5], labels[:5]), render=render,
-        base_centre=(10, 10), shifts=invariance.path("diagonal", 9), canvas_size=32,
-        shifts_per_chunk=3, mesh=mesh)
+        net, variables, train.Items(images[:5], labels[:5]), render=render,
+        base_centre=(10, 10), shifts=invariance.path("diagonal", 9), shifts_per_chunk=3,
+        mesh=mesh)
     pairs = invariance.consistency(
-        apply_fn, variables, train.Items(images[:8], labels[:8]), jax.random.key(2),
-        render=render, canvas_size=32, item_size=8, base_centre=(8, 8), max_offset=12,
-        pairs_per_item=2, items_per_batch=8, mesh=mesh)
+        net, variables, train.Items(images[:8], labels[:8]), jax.random.key(2), render=render,
+        base_centre=(8, 8), max_offset=12, pairs_per_item=2, items_per_batch=8, mesh=mesh)
     return result, records, sweep, shard, responses, pairs
 
   many, one = run(sharding.make_mesh()), run(sharding.make_mesh(jax.devices()[:1]))

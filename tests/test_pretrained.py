@@ -460,8 +460,10 @@ def test_keras_vgg16_with_top_both_file_layouts(tmp_path):
   logits, _ = model.apply(pretrained.from_keras_vgg16(weights), x, train=False)
   assert_logits_close(logits, reference.predict(x, verbose=0))
   target = jax.jit(model.init)(jax.random.key(0), x[:1])
-  loaded = pretrained.load_pretrained(tmp_path / "weights.h5", "vgg16", target)
-  np.testing.assert_array_equal(loaded["params"]["fc6"]["kernel"], weights["fc1/kernel"])
+  seeds = lambda tree: jax.tree.map(lambda x: np.stack([x, x]), tree)  # two seeds
+  loaded = pretrained.load_pretrained(tmp_path / "weights.h5", "vgg16", seeds(target))
+  for seed in (0, 1):
+    np.testing.assert_array_equal(loaded["params"]["fc6"]["kernel"][seed], weights["fc1/kernel"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,7 +486,9 @@ def test_load_pretrained_new_class_count_keeps_features(resnet18_sd, tmp_path):
   reference, sd = resnet18_sd
   torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
   _, target = init(config_for("resnet18", 1 / 8), 3, (1, 32, 32, 3))
-  loaded = pretrained.load_pretrained(tmp_path / "resnet18.pth", "resnet18", target)
+  loaded = pretrained.load_pretrained(tmp_path / "resnet18.pth", "resnet18",
+                                      jax.tree.map(lambda x: x[None], target))
+  loaded = jax.tree.map(lambda x: x[0], loaded)
   imported = pretrained.from_torchvision(sd, "resnet18")
   assert jax.tree.structure(loaded) == jax.tree.structure(target)
   flat = lambda tree: {jax.tree_util.keystr(k): v

@@ -22,8 +22,8 @@ from transinv_jax.data import canvas, locations
 from transinv_jax.experiments import pipeline
 from transinv_jax.models import vgg
 
-# A tiny exp1 cell through the real command: 60 steps, a checkpoint every 5.
-ARGS = ("--config=configs/exp1.py:smoke", "--config.model.name=vgg11",
+# A tiny exp1 cell of two seeds through the real command: 60 steps, a checkpoint every 5.
+ARGS = ("--config=configs/exp1.py:smoke", "--config.model.name=vgg11", "--config.num_seeds=2",
         "--config.data.canvas_size=32", "--config.data.item_size=12",
         "--config.data.max_train_items=500", "--config.train.max_steps=60",
         "--config.train.stop_window=0", "--config.train.log_every=5",
@@ -67,9 +67,12 @@ def _same_records(a: pathlib.Path, b: pathlib.Path) -> None:
 
 
 def _variables(run_dir: pathlib.Path) -> dict:
-  path, = run_dir.glob("stages/*/export/seed0/variables.npz")
-  with np.load(path) as f:
-    return {k: f[k] for k in f.files}
+  """Every seed's exported variables, under ``seed<s>/<name>``."""
+  out = {}
+  for path in sorted(run_dir.glob("stages/*/export/seed*/variables.npz")):
+    with np.load(path) as f:
+      out.update({f"{path.parent.name}/{k}": f[k] for k in f.files})
+  return out
 
 
 @pytest.fixture(scope="module")
@@ -97,13 +100,13 @@ def test_sigkill_at_random_points_resumes_to_the_same_bits(uninterrupted):
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   clean, resumed = _variables(root / "clean"), _variables(run_dir)
-  assert sorted(clean) == sorted(resumed)
+  assert sorted(clean) == sorted(resumed) and any(k.startswith("seed1/") for k in clean)
   for key in clean:
     np.testing.assert_array_equal(clean[key], resumed[key], err_msg=f"{key} (kills {kills})")
   # The metrics file holds each step once, in order, with the uninterrupted run's values.
   steps = [json.loads(l)["step"] for l in
            next(run_dir.glob("stages/*/metrics.jsonl")).read_text().splitlines()]
-  assert steps == list(range(5, 61, 5)), (kills, steps)
+  assert steps == [[s, s] for s in range(5, 61, 5)], (kills, steps)
   _same_records(root / "clean", run_dir)
 
 
@@ -145,12 +148,13 @@ def saved(tmp_path):
                       jnp.asarray(rng.integers(0, 3, 20), jnp.int32))
   render = lambda im, c: canvas.render(im, c, canvas_size=32, mean=jnp.float32(0.1),
                                        std=jnp.float32(0.3), channels=3)
-  fresh = lambda: train.create_train_state(model, jax.random.key(0), (32, 32, 3), 1e-3, mesh)
+  fresh = lambda: train.create_train_state(model, jax.random.key(0)[None], (32, 32, 3), 1e-3,
+                                            mesh)
   ckpts = checkpoints.Checkpoints(tmp_path / "ckpt", max_to_keep=5)
   kwargs = dict(log_every=3, scan_steps=1, on_metrics=lambda r: None, render=render,
                 sampler=locations.make_sampler("fully_translated", 32, 8), batch_size=4,
                 mesh=mesh, on_checkpoint=ckpts.save, checkpoint_every=3)
-  result = train.train_loop(fresh(), items, jax.random.key(1),
+  result = train.train_loop(fresh(), items, jax.random.key(1)[None],
                             stop=train.StopRule(1.1, 0, 6), **kwargs)
   ckpts.wait()
   return tmp_path / "ckpt", fresh, result, (items, kwargs)
@@ -184,7 +188,7 @@ def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(saved, damage, pro
   damage(directory / "6")
   assert problem in ckpts.check(6)
   restored = ckpts.restore_latest(fresh())
-  assert int(restored.step) == 3
+  assert restored.step.tolist() == [3]
   assert "checkpoint 6" in caplog.text and "damaged and skipped" in caplog.text
 
 
@@ -196,7 +200,7 @@ def test_an_unsealed_damaged_checkpoint_is_skipped_too(saved):
   for path in (directory / "6").rglob("*"):
     if path.is_file():
       path.write_bytes(b"garbage")
-  assert int(checkpoints.Checkpoints(directory).restore_latest(fresh()).step) == 3
+  assert checkpoints.Checkpoints(directory).restore_latest(fresh()).step.tolist() == [3]
 
 
 def test_a_damaged_seal_or_all_damaged_leaves_nothing_loaded(saved):
@@ -218,9 +222,9 @@ def test_nan_stops_training_before_a_bad_checkpoint(saved):
   # The state of step 6, still running, with params gone bad (as an overflow would leave them).
   poisoned = result.state.replace(
       params=jax.tree.map(lambda p: p * jnp.nan, result.state.params),
-      stop_reason=jnp.int32(train.RUNNING))
+      stop_reason=jnp.full((1,), train.RUNNING, jnp.int32))
   with pytest.raises(train.Diverged, match="the training loss is nan at step 7"):
-    train.train_loop(poisoned, items, jax.random.key(1), stop=train.StopRule(1.1, 0, 12),
+    train.train_loop(poisoned, items, jax.random.key(1)[None], stop=train.StopRule(1.1, 0, 12),
                      **kwargs)
   ckpts.wait()
   assert ckpts.all_steps() == [3, 6]                 # nothing saved after the last good one
@@ -236,7 +240,7 @@ def test_bad_params_are_never_saved_even_with_a_finite_loss(saved):
   stopped_bad = result.state.replace(
       params=jax.tree.map(lambda p: p.at[(0,) * p.ndim].set(jnp.inf), result.state.params))
   with pytest.raises(train.Diverged, match="the parameters are NaN or infinite after step 6"):
-    train.train_loop(stopped_bad, items, jax.random.key(1), stop=train.StopRule(1.1, 0, 6),
+    train.train_loop(stopped_bad, items, jax.random.key(1)[None], stop=train.StopRule(1.1, 0, 6),
                      **dict(kwargs, on_checkpoint=ckpts.save))
   ckpts.wait()
   assert ckpts.all_steps() == [3, 6] and ckpts.check(6) is None   # step 6 is still the good one

@@ -1,4 +1,4 @@
-"""Seeds trained together in one compiled program (vmap) match separate runs."""
+"""Seeds trained side by side: every seeds mode gives each seed the run it would have alone."""
 
 import functools
 
@@ -33,37 +33,71 @@ def setup(mesh):
   return items, model, step_kwargs
 
 
-def run(state, items, key, step_kwargs, seeds):
+def run(state, items, keys, step_kwargs, mode):
   records = []
-  result = train.train_loop(state, items, key, log_every=4, scan_steps=1, seeds=seeds,
+  result = train.train_loop(state, items, keys, log_every=4, scan_steps=1, seeds_mode=mode,
                             on_metrics=records.append, on_checkpoint=lambda s: None,
                             checkpoint_every=100, **step_kwargs)
   return result, records
 
 
-def test_seeds_together_equal_separate_runs():
+@pytest.fixture(scope="module")
+def seeds_runs():
+  """Each seed alone, and all seeds side by side in every mode."""
   mesh = sharding.make_mesh()
   items, model, step_kwargs = setup(mesh)
   keys = [jax.random.split(jax.random.key(s)) for s in SEEDS]
-  init = lambda k: train.create_train_state(model, k, (32, 32, 3), 1e-3, mesh)
+  init = lambda ks: train.create_train_state(model, jnp.stack(ks), (32, 32, 3), 1e-3, mesh)
+  alone = [run(init([ik]), items, dk[None], step_kwargs, "sequential")[0] for ik, dk in keys]
+  init_keys, data_keys = [k[0] for k in keys], jnp.stack([k[1] for k in keys])
+  together = {mode: run(init(init_keys), items, data_keys, step_kwargs, mode)
+              for mode in train.SEEDS_MODES}
+  return alone, together
 
-  separate = [run(init(ik), items, dk, step_kwargs, seeds=False)[0] for ik, dk in keys]
-  together, records = run(init(jnp.stack([k[0] for k in keys])), items,
-                          jnp.stack([k[1] for k in keys]), step_kwargs, seeds=True)
 
-  assert together.steps == [r.steps for r in separate]
-  assert len(set(together.steps)) > 1  # seeds stopped at different steps: each has its own rule
-  assert together.stop_reason == [r.stop_reason for r in separate]
-  assert len(records[0]["train_accuracy"]) == len(SEEDS)
-  for i, alone in enumerate(separate):
-    mine = jax.tree.map(lambda x, i=i: x[i], together.state.params)
-    # The same computation batched: equal up to float summation order, not bitwise.
-    for a, b in zip(jax.tree.leaves(alone.state.params), jax.tree.leaves(mine)):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(together.final_train_accuracy[i], alone.final_train_accuracy)
+def test_sequential_seeds_are_bitwise_the_runs_alone(seeds_runs):
+  alone, together = seeds_runs
+  result, records = together["sequential"]
+  assert result.steps == [r.steps[0] for r in alone]
+  assert len(set(result.steps)) > 1  # seeds stopped at different steps: each has its own rule
+  assert result.stop_reason == [r.stop_reason[0] for r in alone]
+  assert result.final_train_accuracy == [r.final_train_accuracy[0] for r in alone]
+  assert all(len(r["train_accuracy"]) == len(SEEDS) for r in records)
+  for i, single in enumerate(alone):
+    mine = jax.tree.map(lambda x, i=i: x[i], result.state)
+    for a, b in zip(jax.tree.leaves(single.state), jax.tree.leaves(mine)):
+      np.testing.assert_array_equal(a[0], b)
   # The seeds really differ from each other.
-  kernels = together.state.params["conv1_1"]["kernel"]
+  kernels = result.state.params["conv1_1"]["kernel"]
   assert not np.allclose(kernels[0], kernels[1])
+
+
+@pytest.mark.parametrize("mode", ["vmap", "lax_map"])
+def test_every_seeds_mode_gives_the_same_seeds(seeds_runs, mode):
+  _, together = seeds_runs
+  reference, _ = together["sequential"]
+  result, records = together[mode]
+  assert result.steps == reference.steps and result.stop_reason == reference.stop_reason
+  assert [r["step"] for r in records][-1] == reference.steps
+  np.testing.assert_allclose(result.final_train_accuracy, reference.final_train_accuracy)
+  # The same computation batched or looped: equal up to float summation order.
+  for a, b in zip(jax.tree.leaves(reference.state.params), jax.tree.leaves(result.state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_stopped_seed_is_no_longer_dispatched():
+  """Sequential mode: once the host has seen a seed stop, its state is not touched again."""
+  mesh = sharding.make_mesh()
+  items, model, step_kwargs = setup(mesh)
+  state = train.create_train_state(model, jax.random.split(jax.random.key(0), 2), (32, 32, 3),
+                                   1e-3, mesh)
+  runner = train.SeedsRunner("sequential", state, items, jax.random.split(jax.random.key(1), 2),
+                             scan_steps=1, **step_kwargs)
+  first = runner.fetch([runner.dispatch(np.array([True, True]))])
+  second = runner.fetch([runner.dispatch(np.array([True, False]))])
+  assert first["step"].tolist() == [[1, 1]] and second["step"].tolist() == [[2, -1]]
+  assert second["active"].tolist() == [[True, False]]
+  assert jax.device_get(runner.state.step).tolist() == [2, 1]
 
 
 def test_exp1_with_repetitions(tmp_path, shared_data_dir):

@@ -67,7 +67,8 @@ def test_every_family_trains_through_the_step(knobs):
                   labels=jnp.asarray(rng.integers(0, 3, 16), jnp.int32)),
       sharding.replicated(mesh))
   model = models.build_model(model_config(**knobs), 3)
-  state = train.create_train_state(model, jax.random.key(0), (32, 32, 3), 1e-3, mesh)
+  state = train.create_train_state(model, jax.random.key(0)[None], (32, 32, 3), 1e-3, mesh)
+  state = jax.tree.map(lambda x: x[0], state)  # one seed, as train_step takes it
   render = functools.partial(canvas.render, canvas_size=32, mean=np.float32(0.1),
                              std=np.float32(0.3), channels=3)
   step = jax.jit(functools.partial(
@@ -123,16 +124,16 @@ def test_run_starts_from_pretrained_weights(tmp_path):
   pretrained_lib.save_torchvision(jax.device_get(source_variables), "resnet18", path)
   config.pretrained = str(path)
 
-  state = train.create_train_state(models.build_model(config, 10), jax.random.key(0),
+  state = train.create_train_state(models.build_model(config, 10), jax.random.key(0)[None],
                                    (32, 32, 3), 1e-3, mesh)
   # What the pipeline does for a stage with config.model.pretrained.
   started = pretrained_lib.load_pretrained(path, "resnet18", jax.device_get(state.variables))
-  np.testing.assert_array_equal(started["params"]["conv1"]["kernel"],
+  np.testing.assert_array_equal(started["params"]["conv1"]["kernel"][0],
                                 source_variables["params"]["conv1"]["kernel"])
-  np.testing.assert_array_equal(started["batch_stats"]["layer4_1"]["bn2"]["var"],
+  np.testing.assert_array_equal(started["batch_stats"]["layer4_1"]["bn2"]["var"][0],
                                 source_variables["batch_stats"]["layer4_1"]["bn2"]["var"])
   # New classes: the last layer keeps its fresh init.
-  assert started["params"]["fc"]["kernel"].shape == (512, 10)
+  assert started["params"]["fc"]["kernel"].shape == (1, 512, 10)
   np.testing.assert_array_equal(started["params"]["fc"]["kernel"], state.params["fc"]["kernel"])
 
 

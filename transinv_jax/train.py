@@ -2,9 +2,28 @@
 
 Each step draws its items and their locations from a key folded with the step number, renders the
 canvases on the device (each device its own shard of the batch), and updates the replicated params.
-Steps are dispatched asynchronously and the host syncs once per ``log_every`` steps, so there is
-no host round trip per step. The stop rule runs on the device: once it fires, further steps leave
-the state untouched, so the run stops at the exact step whatever the sync interval.
+The stop rule runs on the device: once it fires, further steps leave the state untouched, so the
+run stops at the exact step whatever the sync interval.
+
+Every train state carries a leading ``[seeds]`` axis (one seed is ``S = 1``): the repetitions of
+a condition are trained side by side, each with its own params, batches, dropout and stop rule.
+``SeedsRunner`` runs them in one of ``SEEDS_MODES``:
+
+  sequential  (default) every seed through the one compiled single-seed program, round-robin: a
+              window of steps of seed 0, then of seed 1, ... Plain convolutions, one compilation
+              whatever the number of seeds, and a seed that has stopped is no longer dispatched.
+  vmap        all seeds in one program by ``jax.vmap``. Every conv becomes a grouped conv
+              (``feature_group_count = seeds``), which XLA's GPU backend runs far slower (its
+              weight gradients are not matched as backward-filter convs) and which is gathered
+              onto every device when the batch is sharded; kept for comparison.
+  lax_map     all seeds in one program by ``lax.map``: plain convs in a loop. One dispatch per
+              window for all seeds; stopped seeds still compute (as no-ops), as in vmap.
+
+Round-robin rather than one seed to the end and then the next: every checkpoint, progress record,
+preemption stop and ETA then covers all seeds at once, and a resume restores one stacked state.
+
+The host never idles the device: ``train_loop`` dispatches the next window of steps before it
+fetches the previous window's metrics, writes them, and checkpoints.
 """
 
 import dataclasses
@@ -26,6 +45,7 @@ from transinv_jax.data import locations
 
 RUNNING, STOP_ACCURACY, STOP_MAX_STEPS = 0, 1, 2
 STOP_REASONS = {RUNNING: "running", STOP_ACCURACY: "accuracy", STOP_MAX_STEPS: "max_steps"}
+SEEDS_MODES = ("sequential", "vmap", "lax_map")
 
 # (images uint8 [batch, s, s, c], centres int32 [batch, 2]) -> model input [batch, H, W, C].
 RenderFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -37,7 +57,7 @@ class Diverged(RuntimeError):
 
   Attributes:
     step: the first step whose loss was not finite.
-    seed: the index of the first seed that diverged (0 without seeds).
+    seed: the index of the first seed that diverged.
     loss: that loss (nan, inf or -inf); None when the parameters went bad first.
   """
 
@@ -90,6 +110,11 @@ class TrainState(train_state.TrainState):
     """What ``model.apply`` takes: params, and batch_stats where the model has them."""
     return model_variables(self.params, self.batch_stats)
 
+  @property
+  def num_seeds(self) -> int:
+    """The leading seeds axis (of a state from ``create_train_state``)."""
+    return self.step.shape[0]
+
 
 def model_variables(params: Any, batch_stats: Any) -> dict:
   return {"params": params, **({"batch_stats": batch_stats} if batch_stats else {})}
@@ -107,15 +132,15 @@ class StopRule:
   max_steps: int
 
 
-def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
+def create_train_state(model: Any, keys: jax.Array, input_shape: tuple[int, ...],
                        learning_rate: float, mesh: Mesh,
                        trainable: Callable[[Any], Any] | None = None) -> TrainState:
-  """Initialises params (replicated over ``mesh``) and an Adam optimiser.
+  """Initialises one state per seed, stacked on a leading axis and replicated over ``mesh``.
 
   Args:
     model: a Flax module called as ``model(x, train=...)``.
-    key: PRNG key for the params; a ``[seeds]`` array of keys gives one state per seed, stacked
-      on a leading axis, for ``train_steps(..., seeds=True)``.
+    keys: PRNG keys ``[seeds]`` for the params, one per seed (``jax.random.split(key, 1)`` for
+      one seed).
     input_shape: one input's shape, ``[height, width, channels]``.
     learning_rate: Adam's fixed learning rate.
     mesh: the device mesh.
@@ -124,8 +149,10 @@ def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
       trains everything.
 
   Returns:
-    The initial state, step 0.
+    The initial state, step 0, every leaf ``[seeds, ...]``.
   """
+  if keys.ndim != 1:
+    raise ValueError(f"keys must be a [seeds] array of PRNG keys, got shape {keys.shape}")
   tx = optax.adam(learning_rate)
   if trainable is not None:
     labels = lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
@@ -139,14 +166,14 @@ def create_train_state(model: Any, key: jax.Array, input_shape: tuple[int, ...],
     # A strongly typed step keeps the state's signature fixed across calls (no recompiles).
     return state.replace(step=jnp.int32(0))
 
-  init = jax.vmap(init) if key.ndim else init
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))(key)
+  return jax.jit(jax.vmap(init), out_shardings=sharding.replicated(mesh))(keys)
 
 
 def train_step(state: TrainState, items: Items, key: jax.Array, *, render: RenderFn,
                sampler: locations.Sampler, batch_size: int, stop: StopRule,
                mesh: Mesh) -> tuple[TrainState, Metrics]:
-  """One Adam step on a batch drawn, placed and rendered on the device; a no-op once stopped.
+  """One Adam step of one seed on a batch drawn, placed and rendered on the device; a no-op once
+  stopped.
 
   Items are drawn uniformly with replacement, so a step's batch depends only on ``key`` and the
   step number: a resumed run sees exactly the batches an uninterrupted one would.
@@ -156,9 +183,9 @@ def train_step(state: TrainState, items: Items, key: jax.Array, *, render: Rende
   host can dispatch many steps between syncs and still stop at the exact step.
 
   Args:
-    state: the train state.
+    state: one seed's train state (no seeds axis).
     items: the training items on the device.
-    key: the run's data key; each step folds in its step number.
+    key: the seed's data key; each step folds in its step number.
     render: composes model input from items and centres.
     sampler: where the items go.
     batch_size: global batch size (split over the mesh).
@@ -166,7 +193,9 @@ def train_step(state: TrainState, items: Items, key: jax.Array, *, render: Rende
     mesh: the device mesh.
 
   Returns:
-    ``(new_state, {"loss", "accuracy", "active"})``; ``active`` is False for a no-op step.
+    ``(new_state, metrics)``: ``loss``, ``accuracy``, ``active`` (False for a no-op step), and
+    the new state's ``step``, ``streak`` and ``stop_reason``, so the host learns them without
+    touching the state (whose buffers the next call takes over).
   """
   k_items, k_where, k_dropout = jax.random.split(jax.random.fold_in(key, state.step), 3)
   idx = jax.random.randint(k_items, (batch_size,), 0, items.num_items)
@@ -191,154 +220,295 @@ def train_step(state: TrainState, items: Items, key: jax.Array, *, render: Rende
   new = new.replace(streak=streak, stop_reason=reason.astype(jnp.int32))
   active = state.stop_reason == RUNNING
   new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
-  return new, {"loss": loss, "accuracy": accuracy, "active": active}
+  return new, {"loss": loss, "accuracy": accuracy, "active": active, "step": new.step,
+               "streak": new.streak, "stop_reason": new.stop_reason}
 
 
 def train_steps(state: TrainState, items: Items, key: jax.Array, *, num_steps: int,
-                seeds: bool = False, **step_kwargs) -> tuple[TrainState, Metrics]:
-  """``num_steps`` calls of ``train_step`` in one compiled call (``lax.scan`` when > 1).
-
-  With ``seeds=True`` the state and ``key`` carry a leading ``[seeds]`` axis and every seed is
-  trained at once by ``vmap`` (the items are shared): one program, each seed with its own params,
-  batches, locations, dropout and stop rule.
+                **step_kwargs) -> tuple[TrainState, Metrics]:
+  """``num_steps`` calls of ``train_step`` for one seed (``lax.scan`` when > 1).
 
   Scanning saves dispatches for small batches on GPU/TPU; on CPU keep ``num_steps = 1``, since
   XLA:CPU runs the model about 10x slower inside a loop.
 
   Returns:
-    ``(state, metrics)``, each metric ``[num_steps]`` (``[num_steps, seeds]`` with seeds).
+    ``(state, metrics)``, each metric ``[num_steps]``.
   """
-  def one(state, key):
-    return train_step(state, items, key, **step_kwargs)
-
-  step = functools.partial(jax.vmap(one) if seeds else one, key=key)
+  step = functools.partial(train_step, items=items, key=key, **step_kwargs)
   if num_steps == 1:
     state, metrics = step(state)
     return state, jax.tree.map(lambda m: m[None], metrics)
   return jax.lax.scan(lambda s, _: step(s), state, None, length=num_steps)
 
 
+def seeds_together(state: TrainState, items: Items, keys: jax.Array, *, mode: str,
+                   num_steps: int, **step_kwargs) -> tuple[TrainState, Metrics]:
+  """``train_steps`` for every seed in one program: ``mode`` is ``"vmap"`` or ``"lax_map"``.
+
+  Args:
+    state: the states, every leaf ``[seeds, ...]``.
+    items: the training items (shared by the seeds).
+    keys: ``[seeds]`` data keys.
+    mode: ``"vmap"`` (grouped convs) or ``"lax_map"`` (a loop over seeds of plain convs).
+    num_steps: steps per seed.
+    **step_kwargs: the keyword-only arguments of ``train_step``.
+
+  Returns:
+    ``(state, metrics)``, each metric ``[seeds, num_steps]``.
+  """
+  one = lambda s, k: train_steps(s, items, k, num_steps=num_steps, **step_kwargs)
+  if mode == "vmap":
+    return jax.vmap(one)(state, keys)
+  return jax.lax.map(lambda args: one(*args), (state, keys))
+
+
 @functools.partial(jax.jit, static_argnums=1)
-def _finite_params(params: Any, seeds: bool) -> jax.Array:
-  """bool [] (or [seeds] with ``seeds``): whether every parameter (of each seed) is finite."""
-  finite = jnp.stack([jnp.isfinite(x).reshape((x.shape[0] if seeds else 1, -1)).all(-1)
-                      for x in jax.tree.leaves(params)]).all(0)
-  return finite if seeds else finite[0]
+def _unstack(state: TrainState, num_seeds: int) -> list[TrainState]:
+  return [jax.tree.map(lambda x, i=i: x[i], state) for i in range(num_seeds)]
 
 
-def _save_if_finite(save: Callable[[TrainState], None], seeds: bool, state: TrainState) -> None:
+@jax.jit
+def _stack(states: list[TrainState]) -> TrainState:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+@jax.jit
+def _copy(state: TrainState) -> TrainState:
+  return jax.tree.map(jnp.copy, state)
+
+
+class SeedsRunner:
+  """Dispatches steps of every seed of a stacked state, in one of ``SEEDS_MODES``.
+
+  The runner owns the state from then on: each call donates its input buffers, so read the
+  state through ``state`` or ``snapshot()``, never through the array passed in.
+  """
+
+  def __init__(self, mode: str, state: TrainState, items: Items, keys: jax.Array, *,
+               scan_steps: int, **step_kwargs):
+    """
+    Args:
+      mode: one of ``SEEDS_MODES``.
+      state: the states, every leaf ``[seeds, ...]``.
+      items: the training items on the device.
+      keys: ``[seeds]`` data keys.
+      scan_steps: steps per dispatch of each seed.
+      **step_kwargs: the keyword-only arguments of ``train_step``.
+    """
+    if mode not in SEEDS_MODES:
+      raise ValueError(f"unknown seeds mode {mode!r}; use one of {', '.join(SEEDS_MODES)}")
+    self.mode, self.num_seeds, self._items = mode, state.num_seeds, items
+    if mode == "sequential":
+      # One single-seed program serves every seed: plain convs, compiled once.
+      self._run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, **step_kwargs),
+                          donate_argnums=0)
+      self._states = _unstack(state, self.num_seeds)
+      self._keys = list(keys)
+    else:
+      self._run = jax.jit(functools.partial(seeds_together, mode=mode, num_steps=scan_steps,
+                                            **step_kwargs), donate_argnums=0)
+      self._stacked, self._keys = state, keys
+
+  def dispatch(self, running: np.ndarray) -> list[Metrics | None] | Metrics:
+    """Dispatches one call for every seed (asynchronously); returns what ``fetch`` takes.
+
+    Args:
+      running: bool [seeds]; in sequential mode, seeds marked False are not dispatched (their
+        state stays as it is). The other modes step every seed (a stopped one as a no-op).
+    """
+    if self.mode != "sequential":
+      self._stacked, metrics = self._run(self._stacked, self._items, self._keys)
+      return metrics
+    out = []
+    for i, go in enumerate(running):
+      metrics = None
+      if go:
+        self._states[i], metrics = self._run(self._states[i], self._items, self._keys[i])
+      out.append(metrics)
+    return out
+
+  def fetch(self, parts: list) -> dict[str, np.ndarray]:
+    """The metrics of ``dispatch`` results on the host, ``[steps, seeds]`` each.
+
+    Waits for those calls only. A seed that was not dispatched gets ``active`` False, NaN loss
+    and accuracy, and -1 for ``step``, ``streak`` and ``stop_reason`` (unknown: keep the last).
+    """
+    parts = jax.device_get(parts)
+    if self.mode != "sequential":  # [seeds, steps] per call
+      return {k: np.concatenate([p[k] for p in parts], axis=1).T for k in parts[0]}
+    steps = len(next(m for m in parts[0] if m is not None)["loss"])
+    absent = {"loss": np.nan, "accuracy": np.nan, "active": False, "step": -1, "streak": -1,
+              "stop_reason": -1}
+    columns = {k: [] for k in absent}
+    for k, fill in absent.items():
+      for call in parts:
+        columns[k].append(np.stack([m[k] if m is not None else np.full(steps, fill)
+                                    for m in call], axis=1))
+    return {k: np.concatenate(v) for k, v in columns.items()}
+
+  @property
+  def state(self) -> TrainState:
+    """The current states, stacked ``[seeds, ...]`` (in sequential mode a new array)."""
+    return _stack(self._states) if self.mode == "sequential" else self._stacked
+
+  def snapshot(self) -> TrainState:
+    """A copy of the current states that later dispatches leave intact (for a checkpoint)."""
+    return _stack(self._states) if self.mode == "sequential" else _copy(self._stacked)
+
+  def block(self) -> None:
+    """Waits until every dispatched call has finished."""
+    jax.block_until_ready(self._states if self.mode == "sequential" else self._stacked)
+
+
+@jax.jit
+def _finite_params(params: Any) -> jax.Array:
+  """bool [seeds]: whether every parameter of each seed is finite."""
+  return jnp.stack([jnp.isfinite(x).reshape((x.shape[0], -1)).all(-1)
+                    for x in jax.tree.leaves(params)]).all(0)
+
+
+def _save_if_finite(save: Callable[[TrainState], None], state: TrainState) -> None:
   """Checkpoints ``state`` unless a parameter is NaN or inf (then raises ``Diverged``).
 
   The loss check sees each step's loss before its update; an update that overflows shows in the
   params first, so they are checked before anything is saved.
   """
-  finite = np.atleast_1d(jax.device_get(_finite_params(state.params, seeds)))
+  finite = np.asarray(jax.device_get(_finite_params(state.params)))
   if not finite.all():
     seed = int(np.flatnonzero(~finite)[0])
-    raise Diverged(int(np.atleast_1d(jax.device_get(state.step))[seed]), seed)
+    raise Diverged(int(jax.device_get(state.step)[seed]), seed)
   save(state)
 
 
 @dataclasses.dataclass
 class TrainResult:
-  """What ``train_loop`` ends with.
+  """What ``train_loop`` ends with; every list has one entry per seed.
 
   Attributes:
-    state: the final train state.
-    stop_reason: ``"accuracy"`` or ``"max_steps"`` (a list, one per seed, with seeds).
-    steps: steps taken in all, including those before a resume (a list with seeds).
-    final_train_accuracy: mean training accuracy over the last log window (None if this call
-      took no step, e.g. a resumed run that had already stopped; a list with seeds).
+    state: the final train state ``[seeds, ...]``.
+    stop_reason: ``"accuracy"`` or ``"max_steps"``.
+    steps: steps taken in all, including those before a resume.
+    final_train_accuracy: mean training accuracy over the seed's last log window (None if this
+      call took no step of that seed, e.g. a resumed run that had already stopped).
     seconds: wall time of this call's steps.
   """
   state: TrainState
-  stop_reason: str | list[str]
-  steps: int | list[int]
-  final_train_accuracy: float | None | list[float | None]
+  stop_reason: list[str]
+  steps: list[int]
+  final_train_accuracy: list[float | None]
   seconds: float
 
 
-def train_loop(state: TrainState, items: Items, key: jax.Array, *, stop: StopRule,
+@dataclasses.dataclass
+class _Window:
+  """One window of dispatched calls whose metrics the host has not read yet."""
+  parts: list
+  snapshot: TrainState | None  # the state at the window's end, when it is to be checkpointed
+
+
+def train_loop(state: TrainState, items: Items, keys: jax.Array, *, stop: StopRule,
                log_every: int, scan_steps: int, on_metrics: Callable[[dict], None],
                on_checkpoint: Callable[[TrainState], None], checkpoint_every: int,
-               seeds: bool = False, should_stop: Callable[[], bool] = lambda: False,
+               seeds_mode: str = "sequential", should_stop: Callable[[], bool] = lambda: False,
                **step_kwargs) -> TrainResult:
-  """Dispatches steps until the stop rule fires, syncing with the device once per ``log_every``.
+  """Trains every seed until its stop rule fires, syncing with the device once per window.
+
+  A window is ``log_every`` steps of every running seed. The next window is dispatched before the
+  host reads the last one's metrics, writes them and checkpoints, so the device never waits for
+  the host; the price is that a seed's stop is seen one window late (in sequential mode a stopped
+  seed is dispatched for at most one more window, as no-ops that leave its state unchanged).
 
   Args:
-    state: the (possibly restored) train state; returned at once if it has already stopped.
+    state: the (possibly restored) train state ``[seeds, ...]``; returned at once if every seed
+      has already stopped.
     items: training items on the device.
-    key: the run's data key (``[seeds]`` keys with ``seeds``).
+    keys: ``[seeds]`` data keys.
     stop: the stop rule.
     log_every: steps between host syncs (and metrics records); a multiple of ``scan_steps``.
     scan_steps: steps per compiled call.
-    on_metrics: receives one record per sync: step, loss, train_accuracy, streak, steps_per_sec,
-      eta_seconds (to the step cap); with seeds, step/loss/train_accuracy/streak are per-seed lists.
+    on_metrics: receives one record per window: per-seed lists ``step``, ``loss``,
+      ``train_accuracy``, ``streak``; and ``steps_per_sec`` (program steps: those where any seed
+      ran), ``eta_seconds`` (to the step cap).
     on_checkpoint: saves a state; called every ``checkpoint_every`` steps and at the end.
     checkpoint_every: steps between checkpoints.
-    seeds: the state and key carry a leading seeds axis; train every seed until all have stopped.
-    should_stop: asked at every host sync (e.g. ``preemption.requested``); True checkpoints the
-      state and raises ``StopRequested``.
+    seeds_mode: how the seeds run, one of ``SEEDS_MODES`` (see the module docstring).
+    should_stop: asked after every window (e.g. ``preemption.requested``); True checkpoints the
+      newest state and raises ``StopRequested``.
     **step_kwargs: the other keyword-only arguments of ``train_step``.
 
   Returns:
-    The final state and what stopped it.
+    The final state and what stopped each seed.
 
   Raises:
     Diverged: a loss or a parameter that is not finite (NaN or inf); that state is not
       checkpointed, so the last checkpoint is the last good one.
     StopRequested: ``should_stop()`` was True; the state was checkpointed first.
   """
-  run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, stop=stop, seeds=seeds,
-                                  **step_kwargs), donate_argnums=0)
-  on_checkpoint = functools.partial(_save_if_finite, on_checkpoint, seeds)
-  # Host-side bookkeeping works on [seeds] arrays either way.
-  as_list = (lambda a: a.tolist()) if seeds else (lambda a: a.item())
-  steps = np.atleast_1d(jax.device_get(state.step))
-  last_checkpoint, seconds = steps.max(), 0.0
+  runner = SeedsRunner(seeds_mode, state, items, keys, scan_steps=scan_steps, stop=stop,
+                       **step_kwargs)
+  save = functools.partial(_save_if_finite, on_checkpoint)
+  steps, streak, reason = (np.asarray(a) for a in
+                           jax.device_get((state.step, state.streak, state.stop_reason)))
+  del state  # the runner owns (and donates) its buffers now
+  running = reason == RUNNING
   accuracy = np.full(steps.shape, np.nan)
-  while (np.atleast_1d(jax.device_get(state.stop_reason)) == RUNNING).any():
-    start = time.perf_counter()
-    window = []
-    for _ in range(log_every // scan_steps):  # asynchronous dispatches, no sync
-      state, metrics = run(state, items, key)
-      window.append(metrics)
-    window, steps, streak = jax.device_get((window, state.step, state.streak))
-    elapsed = time.perf_counter() - start
+  dispatched = last_checkpoint = int(steps.max())
+  seconds, clock = 0.0, time.perf_counter()
+
+  def read(window: _Window) -> None:
+    """Fetches a window's metrics (waiting for it), checks them, records them, checkpoints."""
+    nonlocal steps, streak, running, accuracy, seconds, clock
+    metrics = runner.fetch(window.parts)  # [steps, seeds]
+    now = time.perf_counter()
+    elapsed, clock = now - clock, now
     seconds += elapsed
-    metrics = {k: np.concatenate([m[k] for m in window]).reshape(-1, np.size(steps))
-               for k in window[0]}  # [steps, seeds]
     active = metrics["active"]
     bad = active & ~np.isfinite(metrics["loss"])
     if bad.any():  # checked before any checkpoint of this window's state
       first, seed = np.argwhere(bad)[0]
-      step = int(np.max(steps)) - (len(active) - 1 - first)
-      raise Diverged(step, int(seed), float(metrics["loss"][first, seed]))
+      raise Diverged(int(metrics["step"][first, seed]), int(seed),
+                     float(metrics["loss"][first, seed]))
+    known = metrics["step"][-1] >= 0  # seeds dispatched in this window
+    steps = np.where(known, metrics["step"][-1], steps)
+    streak = np.where(known, metrics["streak"][-1], streak)
+    running = np.where(known, metrics["stop_reason"][-1] == RUNNING, running)
     ran = active.sum(0)
-    with np.errstate(invalid="ignore"):  # a seed that had stopped ran no step: NaN
-      accuracy = np.where(ran > 0, (metrics["accuracy"] * active).sum(0) / ran, accuracy)
-      loss = (metrics["loss"] * active).sum(0) / ran
-    # Program steps: those where any seed was still training (seeds advance together).
+    with np.errstate(invalid="ignore"):  # a seed that ran no step: NaN
+      accuracy = np.where(ran > 0, np.where(active, metrics["accuracy"], 0).sum(0) / ran,
+                          accuracy)
+      loss = np.where(active, metrics["loss"], 0).sum(0) / ran
+    if not active.any():  # dispatched before the host saw every seed stop: nothing ran
+      return
     steps_per_sec = int(active.any(1).sum()) / elapsed
-    on_metrics({"step": as_list(np.asarray(steps)), "loss": as_list(loss),
-                "train_accuracy": as_list(accuracy), "streak": as_list(np.asarray(streak)),
+    on_metrics({"step": steps.tolist(), "loss": loss.tolist(),
+                "train_accuracy": accuracy.tolist(), "streak": streak.tolist(),
                 "steps_per_sec": steps_per_sec,
                 # An upper bound: the accuracy rule may stop the run before the step cap.
-                # Stopped seeds stay behind; the running ones, all at the furthest step, set it.
-                "eta_seconds": (stop.max_steps - int(np.max(steps))) / steps_per_sec})
-    steps = np.atleast_1d(steps)
-    if should_stop():
-      on_checkpoint(state)
-      raise StopRequested(int(steps.max()))
-    if steps.max() - last_checkpoint >= checkpoint_every:
-      on_checkpoint(state)
-      last_checkpoint = steps.max()
-  on_checkpoint(state)
-  reasons = [STOP_REASONS[int(r)] for r in np.atleast_1d(jax.device_get(state.stop_reason))]
-  final = [None if np.isnan(a) else float(a) for a in np.atleast_1d(accuracy)]
-  logging.info("training stopped at step %s (%s)", as_list(steps), ", ".join(reasons))
-  if seeds:
-    return TrainResult(state=state, stop_reason=reasons, steps=steps.tolist(),
-                       final_train_accuracy=final, seconds=seconds)
-  return TrainResult(state=state, stop_reason=reasons[0], steps=int(steps[0]),
-                     final_train_accuracy=final[0], seconds=seconds)
+                "eta_seconds": (stop.max_steps - int(steps.max())) / max(steps_per_sec, 1e-9)})
+    if window.snapshot is not None:
+      save(window.snapshot)
+
+  pending = None
+  while running.any() or pending is not None:
+    window = None
+    if running.any():  # the next window goes to the device before the host reads the last
+      window = _Window([runner.dispatch(running) for _ in range(log_every // scan_steps)], None)
+      dispatched += log_every
+      if dispatched - last_checkpoint >= checkpoint_every:
+        window.snapshot, last_checkpoint = runner.snapshot(), dispatched
+    if pending is not None:
+      read(pending)
+      if should_stop():
+        if window is not None:
+          read(window)
+        save(runner.state)
+        raise StopRequested(int(steps.max()))
+    pending = window
+  final = runner.state
+  save(final)
+  reasons = [STOP_REASONS[int(r)] for r in jax.device_get(final.stop_reason)]
+  steps = [int(s) for s in jax.device_get(final.step)]
+  logging.info("training stopped at step %s (%s)", steps, ", ".join(reasons))
+  return TrainResult(state=final, stop_reason=reasons, steps=steps,
+                     final_train_accuracy=[None if np.isnan(a) else float(a) for a in accuracy],
+                     seconds=seconds)

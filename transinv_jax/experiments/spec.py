@@ -35,7 +35,9 @@ def base_config(experiment: str) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.experiment = experiment
   config.seed = 0
-  config.num_seeds = 5                  # repetitions (seed, seed + 1, ...) trained together
+  config.num_seeds = 5                  # repetitions (seed, seed + 1, ...) trained side by side
+  config.seeds_mode = "sequential"      # sequential (one compiled single-seed step, round-robin)
+                                        # | vmap | lax_map: see train.SEEDS_MODES
   config.stage_dir = ""                 # "" -> <workdir>/stages; share it to reuse stages
   config.imagenet_weights = ""          # torchvision vgg16 .pth (or Keras .h5) for ImageNet arms
   config.finetune = "all"               # which layers a fine-tune trains: all | classifier |

@@ -513,31 +513,30 @@ def read_converted(path: PathLike, name: str) -> dict:
     raise PretrainedError(e.detail, path) from e
 
 
-def load_pretrained(path: PathLike, name: str, target: Mapping, seeds: bool = False) -> dict:
-  """Reads, converts and adapts pretrained weights for a model.
+def load_pretrained(path: PathLike, name: str, target: Mapping) -> dict:
+  """Reads, converts and adapts pretrained weights for every seed of a model.
+
+  The file is read once and adapted to each seed (``adapt``), so each keeps its own fresh last
+  layer where the class count differs.
 
   Args:
     path: a ``.h5`` file of Keras VGG16 weights (``name == "vgg16"``), or any other suffix: a
       torchvision-layout ``torch.save`` file.
     name: ``config.model.name``.
-    target: the model's freshly initialised variables (see ``adapt``).
-    seeds: ``target`` holds several seeds stacked on a leading axis; the file is read once and
-      adapted to each seed (so each keeps its own fresh last layer).
+    target: the model's freshly initialised variables, every leaf ``[seeds, ...]`` (a train
+      state's ``variables``).
 
   Returns:
-    Variables for ``model.apply``, ``target``'s tree.
+    Variables for ``model.apply`` of each seed, ``target``'s tree, stacked ``[seeds, ...]``.
 
   Raises:
     PretrainedError: the file is missing, unreadable or does not fit the model.
   """
   converted = read_converted(path, name)
+  num_seeds = len(jax.tree.leaves(target)[0])
   try:
-    if not seeds:
-      return adapt(converted, target)
-    count = len(jax.tree.leaves(target)[0])
     per_seed = [adapt(converted, jax.tree.map(lambda x, i=i: np.asarray(x)[i], target))
-                for i in range(count)]
-    return jax.tree.map(lambda *xs: np.stack(xs), *per_seed)
+                for i in range(num_seeds)]
   except PretrainedError as e:
     raise PretrainedError(e.detail, path) from e
-
+  return jax.tree.map(lambda *xs: np.stack(xs), *per_seed)
