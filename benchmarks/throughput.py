@@ -12,8 +12,9 @@ and our ratio to each; compare ratios only when ``device`` is an H100.
 ``--peer`` also runs the PyTorch peer (``torch_peer.py``: torchvision VGG16, bf16 autocast,
 channels_last, torch.compile on GPU, PIL canvases in DataLoader workers) in a child process at the
 same sizes, and prints its figures and our ratios to them; it is skipped, saying so, without torch.
-``--seeds=5`` also times five seeds trained together in one compiled program (vmap over seeds,
-each with its own params and batches) and prints the per-image throughput against one seed's.
+``--seeds=5`` also times five seeds trained side by side in each seeds mode (``sequential``: the
+one single-seed program per seed, round-robin; ``vmap``; ``lax_map``), each seed with its own params
+and batches, and prints each mode's per-image throughput against one seed's.
 ``--variants`` also times VGG16 with full padding (Kayhan & van Gemert), with MaxBlurPool (Zhang),
 and with both, beside the plain one, and prints each one's ratio to the plain VGG16: the model zoo's
 knobs must stay on the fast path.
@@ -47,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from transinv_jax import evaluate, models, sharding, train
+from transinv_jax import evaluate, kernel, models, sharding, train
 from transinv_jax.data import canvas, locations
 
 # DESIGN.md, one H100, bf16, VGG16 at 224x224, batch 128.
@@ -122,12 +123,15 @@ def mfu(model_flops_per_sec: float, peak: float | None, devices: int) -> float |
 
 
 def _time(fn, repeats: int) -> float:
-  jax.block_until_ready(fn())  # compile and warm up
+  """Seconds per call of ``fn`` in steady state; ``fn`` returns arrays or a ``SeedsRunner``."""
+  block = lambda out: out.block() if isinstance(out, train.SeedsRunner) else (
+      jax.block_until_ready(out))
+  block(fn())  # compile and warm up
   start = time.perf_counter()
   out = None
   for _ in range(repeats):
     out = fn()
-  jax.block_until_ready(out)
+  block(out)
   return (time.perf_counter() - start) / repeats
 
 
@@ -139,8 +143,8 @@ VARIANTS = {
 }
 
 
-def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 0,
-                  batch: int | None = None):
+def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 1,
+                  seeds_mode: str = "sequential", batch: int | None = None):
   """Seconds per training step of VGG16 with ``model_knobs``; also the state, model and render.
 
   Args:
@@ -149,11 +153,12 @@ def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 0,
     items: training items on the devices of ``mesh``.
     mesh: the device mesh the step runs on.
     dtype: the compute dtype.
-    seeds: > 0 trains that many seeds together in one program (vmap), each on its own batch.
-    batch: the global batch (default ``--batch``).
+    seeds: seeds trained side by side, each on its own batch.
+    seeds_mode: how (``train.SEEDS_MODES``); a step is one step of every seed.
+    batch: the global batch of one seed (default ``--batch``).
 
   Returns:
-    ``(seconds per step, final state, model, render, XLA FLOPs of the whole step)``.
+    ``(seconds per step, final state [seeds, ...], model, render, XLA FLOPs of one seed's step)``.
   """
   batch = batch or args.batch
   config = models.default_config()
@@ -162,37 +167,42 @@ def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 0,
   mean, std = canvas.canvas_stats(items.images, args.canvas, 3)
   render = functools.partial(canvas.render, canvas_size=args.canvas, mean=mean, std=std,
                              channels=3, dtype=dtype)
-  keys = jax.random.split(jax.random.key(0), (2, seeds) if seeds else 2)
+  keys = jax.random.split(jax.random.key(0), (2, seeds))
   state = train.create_train_state(model, keys[0], (args.canvas, args.canvas, 3), 1e-4, mesh)
-  step = jax.jit(functools.partial(
-      train.train_steps, num_steps=1, render=render, batch_size=batch, mesh=mesh,
-      sampler=locations.make_sampler("fully_translated", args.canvas, args.item),
-      stop=train.StopRule(1.1, 0, 10**9), seeds=seeds > 0), donate_argnums=0)
-  key = keys[1]
-  holder = [state]
+  step_kwargs = dict(render=render, batch_size=batch, mesh=mesh,
+                     sampler=locations.make_sampler("fully_translated", args.canvas, args.item),
+                     stop=train.StopRule(1.1, 0, 10**9))
+  # XLA's own FLOP count of one seed's compiled step: variants that do more work (full padding
+  # grows every map) are judged by the FLOP rate they reach, not only by images per second.
+  one_seed = jax.tree.map(lambda x: x[0], state)
+  flops = jax.jit(functools.partial(train.train_steps, num_steps=1, **step_kwargs)).lower(
+      one_seed, items, keys[1, 0]).compile().cost_analysis().get("flops", float("nan"))
+  runner = train.SeedsRunner(seeds_mode, state, items, keys[1], scan_steps=1, **step_kwargs)
+  running = np.ones(seeds, bool)
 
   def train_once():
-    holder[0], metrics = step(holder[0], items, key)
-    return metrics
+    runner.dispatch(running)
+    return runner
 
-  # XLA's own FLOP count of the compiled step: variants that do more work (full padding grows
-  # every map) are judged by the FLOP rate they reach, not only by images per second.
-  flops = step.lower(state, items, key).compile().cost_analysis().get("flops", float("nan"))
-  return _time(train_once, args.steps), holder[0], model, render, flops
+  return _time(train_once, args.steps), runner.state, model, render, flops
 
 
 def time_sweep(args, state, model, render, items, mesh):
-  """Seconds for the 19x19 sweep of ``--sweep_items`` items (compiled first); and its grid."""
+  """Seconds for the 19x19 sweep of ``--sweep_items`` items in steady state; and its grid.
+
+  The first sweep compiles the evaluation kernel (and the small programs around it); the second,
+  timed, reuses them all.
+  """
   axis = locations.paper_axis(args.canvas, args.item)
   centres = locations.grid_centres(axis, axis)
   test = jax.tree.map(lambda x: x[:args.sweep_items], items)
   sweep = functools.partial(
-      evaluate.shift_sweep, state.params, centres=centres, num_classes=10, mesh=mesh,
-      classify=lambda p, x: model.apply({"params": p}, x)[0], render=render,
-      items_per_batch=args.items_per_batch, centres_per_chunk=args.centres_per_chunk)
-  sweep(items=jax.tree.map(lambda x: x[:args.items_per_batch], items))  # compile
+      evaluate.shift_sweep, kernel.Inference(model), {"params": state.params}, test, centres,
+      render=render, mesh=mesh, items_per_batch=args.items_per_batch,
+      centres_per_chunk=args.centres_per_chunk)
+  sweep()  # compile
   start = time.perf_counter()
-  sweep(items=test)
+  sweep()
   return time.perf_counter() - start, axis, test, centres
 
 
@@ -275,7 +285,8 @@ def main():
   parser.add_argument("--peer_workers", type=int, default=4,
                       help="the peer's DataLoader workers making canvases on the CPU")
   parser.add_argument("--seeds", type=int, default=0,
-                      help="also time this many seeds trained together (vmap) in one program")
+                      help="also time this many seeds trained side by side, in each seeds mode "
+                           "(train.SEEDS_MODES), against one seed per image")
   parser.add_argument("--variants", action="store_true",
                       help="also time full padding, BlurPool and both, beside the plain VGG16")
   parser.add_argument("--peak_tflops", type=float, default=0.0,
@@ -341,13 +352,15 @@ def main():
               result["train_img_per_sec"] / peer["train_img_per_sec_cpu_canvases"],
       }
   if args.seeds:
-    seconds = time_training({}, args, items, mesh, dtype, seeds=args.seeds)[0]
-    per_image = args.seeds * args.batch / seconds
-    result["seeds_together"] = {
-        "seeds": args.seeds, "train_img_per_sec": per_image,
-        # Issue 4's target: >= 0.9 (training seeds together costs no per-image throughput).
-        "img_per_sec_ratio_to_one_seed": per_image / result["train_img_per_sec"]}
-    result["mfu"]["seeds_together"] = utilisation(3 * forward * per_image)
+    result["seeds_together"], result["mfu"]["seeds_together"] = {}, {}
+    for mode in train.SEEDS_MODES:
+      seconds = time_training({}, args, items, mesh, dtype, seeds=args.seeds, seeds_mode=mode)[0]
+      per_image = args.seeds * args.batch / seconds
+      result["seeds_together"][mode] = {
+          "seeds": args.seeds, "train_img_per_sec": per_image,
+          # The target: >= 0.9 (training several seeds costs no per-image throughput).
+          "img_per_sec_ratio_to_one_seed": per_image / result["train_img_per_sec"]}
+      result["mfu"]["seeds_together"][mode] = utilisation(3 * forward * per_image)
   if args.variants:
     timings = {"plain": (seconds_per_step, flops, forward)}
     for name, knobs in VARIANTS.items():

@@ -197,7 +197,9 @@ tpu_start() {
   if [ -n "$OPT_sync" ]; then
     sync=$(q "$OPT_sync")
     # Orbax's and transinv_jax's temporary files are left out; they are renamed when complete.
-    exclude=$(q '--exclude=.*orbax-checkpoint-tmp.*|.*\.tmp[0-9].*')
+    # So is the mirror loop's pid: restored on a new VM it would name a process of the old one
+    # (or a live stranger), and the new VM would think it already mirrors.
+    exclude=$(q '--exclude=.*orbax-checkpoint-tmp.*|.*\.tmp[0-9].*|logs/sync\.pid')
     code="cd $RDIR && if [ ! -e $RW ] && gcloud storage ls $sync > /dev/null 2>&1; then mkdir -p $RW && gcloud storage rsync --recursive $sync $RW; fi && $code"
   fi
   on_workers all "$code" || return

@@ -17,7 +17,10 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "configs"))  # so tests can `import exp1` like config_flags
-jax.config.update("jax_threefry_partitionable", False)
+# TRANSINV_JAX_DEFAULT_PRNG=1 keeps JAX's default (partitionable threefry, the product's) instead:
+# tests/test_platforms.py runs a slice of the suite that way in a subprocess, so that the tests do
+# not hold only with the faster setting.
+jax.config.update("jax_threefry_partitionable", os.environ.get("TRANSINV_JAX_DEFAULT_PRNG") == "1")
 
 
 def shared_data_path() -> pathlib.Path:

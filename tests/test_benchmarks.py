@@ -29,7 +29,9 @@ def test_throughput_with_peer_seeds_and_variants():
   assert result["peer"]["model"] == "vgg16 width 0.03125" and result["peer"]["batch"] == 4
   assert set(result["ratio_to_peer"]) == {"train", "sweep_vs_peer_inference",
                                           "train_vs_peer_with_cpu_canvases"}
-  assert result["seeds_together"]["seeds"] == 2
+  assert set(result["seeds_together"]) == {"sequential", "vmap", "lax_map"}
+  assert all(r["seeds"] == 2 and r["img_per_sec_ratio_to_one_seed"] > 0
+             for r in result["seeds_together"].values())
   assert set(result["variants"]) == {"plain", "full_padding", "blurpool",
                                      "full_padding_blurpool"}
   # Full convolution really does more work than the plain network.
@@ -37,7 +39,8 @@ def test_throughput_with_peer_seeds_and_variants():
   # No peak is known for a CPU: every MFU is null, and the JSON says why.
   assert result["peak_tflops"] is None and "--peak_tflops" in result["mfu_note"]
   assert result["model_gflops_per_image_forward"] > 0
-  assert result["mfu"] == {"train": None, "sweep": None, "seeds_together": None,
+  assert result["mfu"] == {"train": None, "sweep": None,
+                           "seeds_together": dict.fromkeys(("sequential", "vmap", "lax_map")),
                            "variants": dict.fromkeys(throughput.VARIANTS)}
 
 

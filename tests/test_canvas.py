@@ -39,6 +39,30 @@ def test_place_items_keeps_float_dtypes():
   assert float(out.astype(jnp.float32).sum()) == 2 * 9 * 255
 
 
+def test_wrapped_placement_is_the_rolled_canvas():
+  rng = np.random.default_rng(2)
+  items = rng.integers(1, 256, (4, 5, 5, 2), dtype=np.uint8)
+  base = np.array([8, 8], np.int32)
+  # Offsets that carry the item across every edge, and past the canvas altogether.
+  offsets = np.array([[-7, 5], [6, -9], [7, 7], [-20, 17]], np.int32)
+  rolled = canvas.place_items(items, np.tile(base, (4, 1)), 16)
+  wrapped = canvas.place_items(items, base + offsets, 16, True)
+  for r, w, (dx, dy) in zip(np.asarray(rolled), np.asarray(wrapped), offsets):
+    np.testing.assert_array_equal(w, np.roll(r, (dy, dx), axis=(0, 1)))
+
+
+def test_renderer_is_a_value():
+  a = canvas.Renderer(32, np.float32(0.1), np.array([0.3], np.float32), 3, jnp.float32)
+  b = canvas.Renderer(32, (0.1,), 0.3, 3)
+  assert a == b and hash(a) == hash(b)  # equal settings: one compiled program
+  assert a != canvas.Renderer(32, 0.1, 0.3, 3, wrap=True)
+  items = np.full((2, 4, 4, 1), 128, np.uint8)
+  centres = np.array([[3, 3], [10, 20]], np.int32)
+  expected = canvas.render(items, centres, canvas_size=32, mean=np.float32(0.1),
+                           std=np.float32(0.3), channels=3)
+  np.testing.assert_array_equal(a(items, centres), expected)
+
+
 def test_resize_items():
   images = np.full((3, 28, 28, 1), 200, np.uint8)
   out = canvas.resize_items(images, 50)

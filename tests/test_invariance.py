@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transinv_jax import invariance, models
+from transinv_jax import invariance, kernel, models
 from transinv_jax.data import canvas
 from transinv_jax.models import layers, small
 from transinv_jax.train import Items
@@ -18,13 +18,9 @@ BASE = (4, 16)  # leftmost-centred: whole centres are 4..28 on each axis
 # Both signs, several strides (VGG at 32 px: 1, 2, 4, 8, 16), and shifts that no stride divides.
 SHIFTS = np.array([[0, 0], [1, 0], [2, 0], [4, -4], [8, 8], [16, 0], [3, 5], [0, -8]], np.int32)
 
-# One render object per setting: compiled calls are cached on it.
-RENDER = functools.partial(canvas.render, canvas_size=CANVAS, mean=np.float32(0.1),
-                           std=np.float32(0.3), channels=3)
-RENDER_GRAY = functools.partial(canvas.render, canvas_size=CANVAS, mean=np.float32(0.1),
-                                std=np.float32(0.3), channels=1)
-RENDER_RAW16 = functools.partial(canvas.render, canvas_size=16, mean=np.float32(0.0),
-                                 std=np.float32(1.0), channels=1)  # pixel / 255, black is 0
+RENDER = canvas.Renderer(CANVAS, 0.1, 0.3, 3)
+RENDER_GRAY = canvas.Renderer(CANVAS, 0.1, 0.3, 1)
+RENDER_RAW16 = canvas.Renderer(16, 0.0, 1.0, 1)  # pixel / 255, black is 0
 
 
 def _items(num=NUM_CLASSES, size=SIZE, seed=0):
@@ -173,8 +169,10 @@ def _identity(v, x):
 def test_identity_network_is_equivariant_and_invariant():
   items = _items(4)
   shifts = np.concatenate([invariance.path("x", 5), [[0, -3], [7, 9], [24, -12]]])
-  r = invariance.shift_responses(_identity, None, items, render=RENDER_GRAY, base_centre=BASE,
-                                 shifts=shifts, canvas_size=CANVAS, shifts_per_chunk=3)
+  seeds = invariance.shift_responses(_identity, None, items, render=RENDER_GRAY,
+                                     base_centre=BASE, shifts=shifts, shifts_per_chunk=3)
+  assert seeds.probs.shape == (1, 4, 9, 3) and seeds.num_seeds == 1
+  r = seeds.seed(0)
   assert r.layers == ["conv1"] and r.strides == {"conv1": 1} and r.spatial == {"conv1": True}
   assert r.probs.shape == (4, 9, 3) and r.sums["conv1"].shape == (4, 9, 1)
   np.testing.assert_array_equal(r.centres, np.asarray(BASE) + shifts)
@@ -195,7 +193,7 @@ def test_identity_network_is_equivariant_and_invariant():
   json.dumps(summary)
   # No layers: class probabilities only.
   bare = invariance.shift_responses(_identity, None, items, render=RENDER_GRAY, base_centre=BASE,
-                                    shifts=shifts, layers=[], canvas_size=CANVAS)
+                                    shifts=shifts, layers=[]).seed(0)
   assert bare.layers == [] and bare.sums == {} and bare.equivariance == {}
   np.testing.assert_allclose(bare.probs, r.probs, rtol=1e-6)
   assert invariance.summarise(bare)["nonshiftability"] == []
@@ -211,7 +209,7 @@ def test_stride_two_subsampling_alternates():
   items = _pixels(values)
   shifts = np.concatenate([invariance.path("x", 6), [[1, 1], [2, 2], [0, -3], [0, -4]]])
   r = invariance.shift_responses(_subsample, None, items, render=RENDER_RAW16,
-                                 base_centre=(4, 4), shifts=shifts, canvas_size=16)
+                                 base_centre=(4, 4), shifts=shifts).seed(0)
   assert r.strides == {"conv1": 2}
   even = (shifts % 2 == 0).all(-1)
   np.testing.assert_allclose(r.equivariance["conv1"][:, even], 0.0, atol=1e-6)
@@ -233,7 +231,7 @@ def _rooknet(padding):
   conv = functools.partial(layers.Conv, kernel_size=3, padding=padding)
   model = small.RookNet(num_classes=4, features=4, conv=conv)
   variables = model.init(jax.random.key(3), jnp.zeros((1, CANVAS, CANVAS, 1)))
-  return (lambda v, x: model.apply(v, x)), variables
+  return kernel.Inference(model), jax.tree.map(lambda v: v[None], variables)  # one seed
 
 
 @pytest.fixture(scope="module")
@@ -242,22 +240,21 @@ def rooknets():
 
 
 def test_circular_padding_is_consistent_and_equivariant(rooknets):
-  apply_fn, variables = rooknets["circular"]
+  net, variables = rooknets["circular"]
   items = _items(6, seed=2)
-  kwargs = dict(render=RENDER_GRAY, canvas_size=CANVAS, item_size=SIZE, base_centre=(4, 4),
-                max_offset=16, pairs_per_item=3, items_per_batch=4)
+  kwargs = dict(render=RENDER_GRAY, base_centre=(4, 4), max_offset=16, pairs_per_item=3,
+                items_per_batch=4)
   # Circular conv + global max pooling: exactly invariant to rolls and to whole-item moves.
   for mode in ("circular", "translate"):
-    result = invariance.consistency(apply_fn, variables, items, jax.random.key(0), mode=mode,
+    result = invariance.consistency(net, variables, items, jax.random.key(0), mode=mode,
                                     **kwargs)
-    assert result.agreement.shape == (6, 3) and result.rate == 1.0, mode
+    assert result.agreement.shape == (1, 6, 3) and result.rate.tolist() == [1.0], mode
     assert (result.offsets[:, :, 0] != result.offsets[:, :, 1]).any()  # two draws per pair
   # Moving a whole item on a uniform background rolls the canvas: conv1 is equivariant over the
   # overlap, the pooled features invariant.
   shifts = np.concatenate([invariance.path("diagonal", 10), [[20, -9], [3, 0]]])
-  r = invariance.shift_responses(apply_fn, variables, items, render=RENDER_GRAY, base_centre=BASE,
-                                 shifts=shifts, layers=["conv1", "pre_logits"],
-                                 canvas_size=CANVAS)
+  r = invariance.shift_responses(net, variables, items, render=RENDER_GRAY, base_centre=BASE,
+                                 shifts=shifts, layers=["conv1", "pre_logits"]).seed(0)
   assert r.spatial == {"conv1": True, "pre_logits": False} and r.strides == {"conv1": 1}
   np.testing.assert_allclose(r.equivariance["conv1"], 0.0, atol=1e-5)
   np.testing.assert_allclose(r.equivariance["pre_logits"], 0.0, atol=1e-5)
@@ -267,11 +264,10 @@ def test_circular_padding_is_consistent_and_equivariant(rooknets):
 def test_zero_padding_breaks_equivariance_at_the_border(rooknets):
   # Kayhan & van Gemert: zero padding differs from the (non-zero) background at the border, and
   # those border responses stay put while the item moves.
-  apply_fn, variables = rooknets["zeros"]
+  net, variables = rooknets["zeros"]
   shifts = invariance.path("x", 4)
-  r = invariance.shift_responses(apply_fn, variables, _items(2, seed=2), render=RENDER_GRAY,
-                                 base_centre=BASE, shifts=shifts, layers=["conv1"],
-                                 canvas_size=CANVAS)
+  r = invariance.shift_responses(net, variables, _items(2, seed=2), render=RENDER_GRAY,
+                                 base_centre=BASE, shifts=shifts, layers=["conv1"]).seed(0)
   np.testing.assert_allclose(r.equivariance["conv1"][:, 0], 0.0, atol=1e-6)
   assert (r.equivariance["conv1"][:, 1:] > 1e-3).all()
 
@@ -289,8 +285,7 @@ def _quadrant(x, y):
 
 def test_consistency_matches_the_drawn_offsets():
   items = _pixels([255] * 5)
-  kwargs = dict(render=RENDER_RAW16, canvas_size=16, item_size=1, base_centre=(4, 4),
-                max_offset=8, pairs_per_item=4)
+  kwargs = dict(render=RENDER_RAW16, base_centre=(4, 4), max_offset=8, pairs_per_item=4)
   for mode, low in (("translate", 0), ("circular", -8)):
     result = invariance.consistency(_quadrants, None, items, jax.random.key(1), mode=mode,
                                     items_per_batch=2, **kwargs)
@@ -298,9 +293,9 @@ def test_consistency_matches_the_drawn_offsets():
     assert offsets.shape == (5, 4, 2, 2) and offsets.min() >= low and offsets.max() <= 7
     assert (offsets < 0).any() == (mode == "circular")
     expected = _quadrant(4 + offsets[..., 0], 4 + offsets[..., 1])
-    np.testing.assert_array_equal(result.predictions, expected)
-    np.testing.assert_array_equal(result.agreement, expected[..., 0] == expected[..., 1])
-    assert 0.0 < result.rate < 1.0
+    np.testing.assert_array_equal(result.predictions, expected[None])
+    np.testing.assert_array_equal(result.agreement, expected[None, ..., 0] == expected[..., 1])
+    assert 0.0 < result.rate[0] < 1.0
     # Deterministic in the key, whatever the batching; another key draws other offsets.
     again = invariance.consistency(_quadrants, None, items, jax.random.key(1), mode=mode,
                                    items_per_batch=64, **kwargs)
@@ -315,11 +310,12 @@ def test_consistency_matches_the_drawn_offsets():
 
 @pytest.fixture(scope="module")
 def tiny_vgg():
+  """The model, its network and one seed's variables, stacked: every leaf [1, ...]."""
   config = models.default_config()
   config.name, config.width, config.dtype = "vgg11", 1 / 32, "float32"
   model = models.build_model(config, NUM_CLASSES)
   variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, CANVAS, CANVAS, 3)))
-  return model, variables
+  return model, kernel.Inference(model), jax.tree.map(lambda v: v[None], variables)
 
 
 def _np_equivariance(base, shifted, dx, dy, stride):
@@ -337,11 +333,10 @@ def _np_equivariance(base, shifted, dx, dy, stride):
 
 
 def test_shift_responses_match_direct_loop(tiny_vgg):
-  model, variables = tiny_vgg
-  apply_fn = lambda v, x: model.apply(v, x, train=False)
+  model, net, variables = tiny_vgg
   items = _items()
-  r = invariance.shift_responses(apply_fn, variables, items, render=RENDER, base_centre=BASE,
-                                 shifts=SHIFTS, canvas_size=CANVAS, shifts_per_chunk=3)
+  r = invariance.shift_responses(net, variables, items, render=RENDER, base_centre=BASE,
+                                 shifts=SHIFTS, shifts_per_chunk=3).seed(0)
   convs = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1", "conv4_2", "conv5_1", "conv5_2"]
   assert r.layers == convs + ["fc6", "fc7"]
   assert r.strides == dict(zip(convs, [1, 2, 4, 4, 8, 8, 16, 16]))
@@ -350,10 +345,11 @@ def test_shift_responses_match_direct_loop(tiny_vgg):
 
   run = jax.jit(model.apply)
   n = items.num_items
-  _, base = run(variables, RENDER(items.images, jnp.tile(jnp.array(BASE), (n, 1))))
+  variables_alone = jax.tree.map(lambda v: v[0], variables)
+  _, base = run(variables_alone, RENDER(items.images, jnp.tile(jnp.array(BASE), (n, 1))))
   for p, (dx, dy) in enumerate(SHIFTS):
     centre = jnp.tile(jnp.array([BASE[0] + dx, BASE[1] + dy]), (n, 1))
-    logits, moved = run(variables, RENDER(items.images, centre))
+    logits, moved = run(variables_alone, RENDER(items.images, centre))
     np.testing.assert_allclose(r.probs[:, p], jax.nn.softmax(logits), rtol=1e-5, atol=1e-6)
     for name in r.layers:
       act = np.asarray(moved[name], np.float64)
@@ -371,8 +367,8 @@ def test_shift_responses_match_direct_loop(tiny_vgg):
   assert np.isnan(r.equivariance["conv2_1"][:, [1, 6]]).all()
 
   # One chunk (the automatic one on CPU) and explicit layers give the same numbers.
-  whole = invariance.shift_responses(apply_fn, variables, items, render=RENDER, base_centre=BASE,
-                                     shifts=SHIFTS, layers=["fc7", "conv2_1"], canvas_size=CANVAS)
+  whole = invariance.shift_responses(net, variables, items, render=RENDER, base_centre=BASE,
+                                     shifts=SHIFTS, layers=["fc7", "conv2_1"]).seed(0)
   assert whole.layers == ["fc7", "conv2_1"]
   np.testing.assert_allclose(whole.probs, r.probs, rtol=1e-6, atol=1e-7)
   for name in whole.layers:
@@ -391,8 +387,7 @@ def test_shift_responses_match_direct_loop(tiny_vgg):
 
 def test_validation_errors():
   items = _items(2)
-  call = functools.partial(invariance.shift_responses, _identity, None, items, render=RENDER_GRAY,
-                           canvas_size=CANVAS)
+  call = functools.partial(invariance.shift_responses, _identity, None, items, render=RENDER_GRAY)
   with pytest.raises(ValueError, match=r"shift \(dx, dy\) = \(-1, 0\)"):
     call(base_centre=BASE, shifts=[[0, 0], [-1, 0]])
   with pytest.raises(ValueError, match=r"shift \(dx, dy\) = \(0, 13\).*move base_centre"):
@@ -401,10 +396,7 @@ def test_validation_errors():
     call(base_centre=(3, 16), shifts=[[1, 0]])
   with pytest.raises(ValueError, match=r"\['nope'\].*available: \['conv1'\]"):
     call(base_centre=BASE, shifts=[[0, 0]], layers=["conv1", "nope"])
-  with pytest.raises(ValueError, match="canvas_size 16"):
-    invariance.shift_responses(_identity, None, items, render=RENDER_GRAY, base_centre=(4, 4),
-                               shifts=[[0, 0]], canvas_size=16)
-  kwargs = dict(render=RENDER_GRAY, canvas_size=CANVAS, item_size=SIZE, base_centre=BASE)
+  kwargs = dict(render=RENDER_GRAY, base_centre=BASE)
   with pytest.raises(ValueError, match="max_offset 26"):
     invariance.consistency(_identity, None, items, jax.random.key(0), max_offset=26, **kwargs)
   with pytest.raises(ValueError, match="unknown consistency mode"):

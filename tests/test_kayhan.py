@@ -1,7 +1,6 @@
 """Kayhan & van Gemert's experiments: corner locations, location labels, disjoint splits, the
 rook, Quadrant ImageNet and data-efficiency configs, and the plain placed accuracy."""
 
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -145,25 +144,24 @@ def test_placed_accuracy_against_a_reference():
   rng = np.random.default_rng(0)
   images = rng.integers(1, 256, (13, item, item, 1), dtype=np.uint8)
   labels = jnp.asarray(rng.integers(0, 2, 13), jnp.int32)
-  render = functools.partial(canvas.render, canvas_size=size, mean=jnp.zeros(1),
-                             std=jnp.ones(1), channels=1)
+  render = canvas.Renderer(size, 0.0, 1.0, 1)
 
-  def classify(params, x):
-    del params
+  def classify(variables, x):
+    del variables
     lower = x[:, size // 2:].sum((1, 2, 3)) > x[:, :size // 2].sum((1, 2, 3))
-    return jax.nn.one_hot(lower.astype(jnp.int32), 2)
+    return jax.nn.one_hot(lower.astype(jnp.int32), 2), {}
 
   mesh = sharding.make_mesh(jax.devices()[:1])
   sampler = locations.make_sampler("corners", size, item, num_classes=2)
-  kwargs = dict(classify=classify, render=render, num_classes=2, mesh=mesh, items_per_batch=4)
-  correct, totals = evaluate.placed_accuracy(None, Items(jnp.asarray(images), labels),
+  kwargs = dict(render=render, mesh=mesh, items_per_batch=4)
+  correct, totals = evaluate.placed_accuracy(classify, None, Items(jnp.asarray(images), labels),
                                              jax.random.key(0), sampler=sampler, **kwargs)
   np.testing.assert_array_equal(totals, np.bincount(np.asarray(labels), minlength=2))
-  np.testing.assert_array_equal(correct, totals)
+  np.testing.assert_array_equal(correct, totals[None])  # one seed: the network has no variables
   flipped = Items(jnp.asarray(images), 1 - labels)
-  wrong, _ = evaluate.placed_accuracy(None, flipped, jax.random.key(0),
+  wrong, _ = evaluate.placed_accuracy(classify, None, flipped, jax.random.key(0),
                                       sampler=lambda k, l: sampler(k, 1 - l), **kwargs)
-  np.testing.assert_array_equal(wrong, [0, 0])
+  np.testing.assert_array_equal(wrong, [[0, 0]])
 
 
 # -- configs

@@ -21,7 +21,7 @@ def test_eight_devices_match_one(tmp_path):
   assert report["devices"] == 8
   assert report["param_devices"] == 8          # params replicated over all 8
   assert report["batch_shard_shape"] == [2, 32, 32, 3]  # a batch of 16 split 8 ways
-  assert report["steps"] == [10, 10]
+  assert report["steps"] == [[10], [10]]
   assert report["max_param_diff"] < 1e-5, report
   assert report["losses_close"], report
   assert report["sweep_equal"], report
@@ -75,10 +75,10 @@ def _compare(out_path):
   diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
              for a, b in zip(jax.tree.leaves(many[0].state.params),
                              jax.tree.leaves(one[0].state.params)))
-  kernel = many[0].state.params["conv1_1"]["kernel"]
+  conv = many[0].state.params["conv1_1"]["kernel"]
   report = {
       "devices": jax.device_count(),
-      "param_devices": len(kernel.sharding.device_set),
+      "param_devices": len(conv.sharding.device_set),
       "batch_shard_shape": list(many[3].addressable_shards[0].data.shape),
       "steps": [many[0].steps, one[0].steps],
       "max_param_diff": diff,

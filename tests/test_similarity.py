@@ -1,13 +1,11 @@
 """Exp5's cosine similarity: a numpy reference, analytic cases, conventions, item picking, plots."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from transinv_jax import models, plots, similarity
+from transinv_jax import kernel, models, plots, similarity
 from transinv_jax.data import canvas, locations
 from transinv_jax.train import Items
 
@@ -18,8 +16,7 @@ CENTRES = similarity.displaced_centres(BASE, XS)
 
 
 def _render(mean=0.1, std=0.3, channels=3):
-  return functools.partial(canvas.render, canvas_size=CANVAS, mean=np.float32(mean),
-                           std=np.float32(std), channels=channels)
+  return canvas.Renderer(CANVAS, mean, std, channels)
 
 
 def _items(num=NUM_CLASSES, seed=0):
@@ -31,17 +28,19 @@ def _items(num=NUM_CLASSES, seed=0):
 
 @pytest.fixture(scope="module")
 def tiny_vgg():
+  """The model, its network and two seeds' variables, stacked: every leaf [2, ...]."""
   config = models.default_config()
   config.name, config.width, config.dtype = "vgg11", 1 / 32, "float32"
   model = models.build_model(config, NUM_CLASSES)
   x = jnp.zeros((1, CANVAS, CANVAS, 3))
   init = jax.jit(model.init)
-  variables = [init(jax.random.key(s), x) for s in (0, 1)]
-  return model, variables
+  variables = jax.tree.map(lambda *v: jnp.stack(v), *[init(jax.random.key(s), x) for s in (0, 1)])
+  return model, kernel.Inference(model), variables
 
 
-def _apply(model):
-  return lambda v, x: model.apply(v, x, train=False)
+def _seed(variables, i):
+  """Seed i alone, still stacked: every leaf [1, ...]."""
+  return jax.tree.map(lambda v: v[i:i + 1], variables)
 
 
 def _np_cosine(a, b):
@@ -53,62 +52,66 @@ def _np_cosine(a, b):
 
 
 def test_matches_numpy_reference(tiny_vgg):
-  model, variables = tiny_vgg
+  model, net, variables = tiny_vgg
   items, render = _items(), _render()
-  apply_fn = _apply(model)
-  result = similarity.cosine_similarity(apply_fn, variables[0], items, render=render,
+  result = similarity.cosine_similarity(net, _seed(variables, 0), items, render=render,
                                         base_centre=BASE, centres=CENTRES, layers="all+logits",
                                         centres_per_chunk=2)
   convs = ["conv1_1", "conv2_1", "conv3_1", "conv3_2", "conv4_1", "conv4_2", "conv5_1", "conv5_2"]
   assert result.layers == convs + ["fc6", "fc7", "logits"]
-  assert result.per_item.shape == (11, len(XS), NUM_CLASSES)
+  assert result.per_item.shape == (1, 11, len(XS), NUM_CLASSES)
   assert result.per_item.dtype == np.float32 and result.mean.shape == (11, len(XS))
   np.testing.assert_array_equal(result.displacements, XS - BASE[0])
   np.testing.assert_array_equal(result.centres, CENTRES)
   np.testing.assert_array_equal(result.labels, np.arange(NUM_CLASSES))
 
   n = items.num_items
-  _, base = model.apply(variables[0], render(items.images, jnp.tile(jnp.array(BASE), (n, 1))))
-  expected = np.zeros(result.per_item.shape)
+  first = jax.tree.map(lambda v: v[0], variables)
+  _, base = model.apply(first, render(items.images, jnp.tile(jnp.array(BASE), (n, 1))))
+  expected = np.zeros(result.per_item.shape[1:])
   for d, c in enumerate(CENTRES):
-    _, moved = model.apply(variables[0], render(items.images, jnp.tile(jnp.asarray(c), (n, 1))))
+    _, moved = model.apply(first, render(items.images, jnp.tile(jnp.asarray(c), (n, 1))))
     for l, name in enumerate(result.layers):
       for i in range(n):
         expected[l, d, i] = _np_cosine(base[name][i], moved[name][i])
-  np.testing.assert_allclose(result.per_item, expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(result.per_item[0], expected, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(result.layer("fc7"), expected[9].mean(-1), rtol=1e-5, atol=1e-6)
   # The network is not invariant: some similarity is well below 1 (the test is not vacuous).
   assert result.per_item.min() < 0.9
 
   # Chunking (with padding) and the automatic chunk give the same numbers.
-  auto = similarity.cosine_similarity(apply_fn, variables[0], items, render=render,
+  auto = similarity.cosine_similarity(net, _seed(variables, 0), items, render=render,
                                       base_centre=BASE, centres=CENTRES, layers="all+logits",
                                       centres_per_chunk=0)
   np.testing.assert_allclose(auto.per_item, result.per_item, rtol=1e-6, atol=1e-6)
 
 
 def test_zero_displacement_is_one_for_every_layer(tiny_vgg):
-  model, variables = tiny_vgg
-  result = similarity.cosine_similarity(_apply(model), variables[1], _items(), render=_render(),
+  _, net, variables = tiny_vgg
+  result = similarity.cosine_similarity(net, _seed(variables, 1), _items(), render=_render(),
                                         base_centre=BASE, centres=np.array([BASE, BASE]))
   assert result.layers[0] == "conv1_1" and result.layers[-1] == "fc7"
   np.testing.assert_allclose(result.per_item, 1.0, atol=1e-6)
 
 
-def test_by_seed_stacks_per_seed_results(tiny_vgg):
-  model, variables = tiny_vgg
-  apply_fn, items, render = _apply(model), _items(), _render()
-  kwargs = dict(render=render, base_centre=BASE, centres=CENTRES, layers="penultimate")
-  seeds = similarity.by_seed(apply_fn, variables, items, **kwargs)
-  single = [similarity.cosine_similarity(apply_fn, v, items, **kwargs) for v in variables]
-  assert seeds.layers == ["pre_logits"] and seeds.per_seed.shape == (2, 1, len(XS), 3)
+def test_stacked_seeds_give_each_seed_alone(tiny_vgg):
+  _, net, variables = tiny_vgg
+  items = _items()
+  kwargs = dict(render=_render(), base_centre=BASE, centres=CENTRES, layers="penultimate")
+  seeds = similarity.cosine_similarity(net, variables, items, **kwargs)
+  single = [similarity.cosine_similarity(net, _seed(variables, s), items, **kwargs)
+            for s in range(2)]
+  assert seeds.layers == ["pre_logits"] and seeds.per_item.shape == (2, 1, len(XS), 3)
   for s in range(2):
-    np.testing.assert_allclose(seeds.per_seed[s], single[s].per_item, rtol=1e-6)
+    np.testing.assert_allclose(seeds.per_item[s], single[s].per_item[0], rtol=1e-6)
   means = np.stack([r.mean for r in single])
+  np.testing.assert_allclose(seeds.seed_mean, means, rtol=1e-6)
   np.testing.assert_allclose(seeds.mean, means.mean(0), rtol=1e-6)
   np.testing.assert_allclose(seeds.std, means.std(0), rtol=1e-5, atol=1e-7)
+  assert (seeds.std > 0).any()  # two different networks
   # The same variables twice: no spread across seeds.
-  same = similarity.by_seed(apply_fn, [variables[0]] * 2, items, **kwargs)
+  twice = jax.tree.map(lambda v: jnp.concatenate([v[:1], v[:1]]), variables)
+  same = similarity.cosine_similarity(net, twice, items, **kwargs)
   np.testing.assert_allclose(same.std, 0.0, atol=1e-7)
 
 
@@ -135,9 +138,9 @@ def test_raw_canvas_layer_matches_analytic_overlap():
   for d, dx in enumerate(xs - BASE[0]):
     for i, item in enumerate(images):
       overlap = (item[:, dx:] * item[:, :SIZE - dx]).sum() if dx < SIZE else 0.0
-      np.testing.assert_allclose(result.per_item[0, d, i], overlap / (item**2).sum(),
+      np.testing.assert_allclose(result.per_item[0, 0, d, i], overlap / (item**2).sum(),
                                  rtol=1e-5, atol=1e-7)
-  np.testing.assert_array_equal(result.per_item[0, xs - BASE[0] >= SIZE], 0.0)
+  np.testing.assert_array_equal(result.per_item[0, 0, xs - BASE[0] >= SIZE], 0.0)
 
 
 def test_zero_vector_conventions():
@@ -165,8 +168,9 @@ def test_zero_vector_conventions():
 
 
 def test_layer_names_selection_and_network_order(tiny_vgg):
-  model, variables = tiny_vgg
-  _, inter = jax.eval_shape(model.apply, variables[0], jnp.zeros((1, CANVAS, CANVAS, 3)))
+  model, net, variables = tiny_vgg
+  _, inter = jax.eval_shape(model.apply, jax.tree.map(lambda v: v[0], variables),
+                            jnp.zeros((1, CANVAS, CANVAS, 3)))
   names = similarity.layer_names(inter)
   assert names[:2] == ["conv1_1", "conv2_1"] and names[-2:] == ["fc6", "fc7"]
   assert not any(n.startswith("pool") or n in ("pre_logits", "logits") for n in names)
@@ -183,8 +187,8 @@ def test_layer_names_selection_and_network_order(tiny_vgg):
   with pytest.raises(ValueError, match="unknown layer selection"):
     similarity.layer_names(inter, "some")
   with pytest.raises(ValueError, match="nope"):
-    similarity.cosine_similarity(_apply(model), variables[0], _items(), render=_render(),
-                                 base_centre=BASE, centres=CENTRES, layers=["fc7", "nope"])
+    similarity.cosine_similarity(net, variables, _items(), render=_render(), base_centre=BASE,
+                                 centres=CENTRES, layers=["fc7", "nope"])
 
 
 def test_pick_items_first_of_each_class_in_order():

@@ -17,27 +17,26 @@ item at a base centre:
   & van Gemert (2020) point out that the image boundary is what lets a conv net break
   equivariance; the error shows where it does.
 
-``shift_responses`` renders every (item, base + shift) canvas of a chunk of shifts in one vmapped,
-jitted call and reduces on the device: only class probabilities, per-map global sums and peaks, and
-per-layer equivariance errors come back (``ShiftResponses``). The metric functions are pure
-functions of those arrays; ``summarise`` turns them into the JSON-ready scalars of a report.
+``shift_responses`` renders every (item, base + shift) canvas of a chunk of shifts in one call of
+the evaluation kernel and reduces on the device: only class probabilities, per-map global sums and
+peaks, and per-layer equivariance errors come back (``ShiftResponses``), for each seed's network.
+The metric functions are pure functions of one seed's arrays; ``summarise`` turns them into the
+JSON-ready scalars of a report.
 """
 
 import dataclasses
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh
 
-from transinv_jax import evaluate, sharding, similarity
-from transinv_jax.data import locations
-from transinv_jax.similarity import ApplyFn
-from transinv_jax.train import Items, RenderFn
+from transinv_jax import kernel, similarity
+from transinv_jax.data import canvas, locations
+from transinv_jax.train import Items
 
 PATHS = ("x", "y", "diagonal")
 CONSISTENCY_MODES = ("translate", "circular")
@@ -135,7 +134,11 @@ def equivariance_error(base: jax.Array, shifted: jax.Array, shift: jax.Array,
 
 @dataclasses.dataclass(frozen=True)
 class ShiftResponses:
-  """A network's responses to I items, each moved over a path of P shifts.
+  """S seeds' networks' responses to I items, each moved over a path of P shifts.
+
+  ``shift_responses`` gives every array a leading seeds axis [S]; ``seed(s)`` is one seed's
+  responses without it, which ``summarise`` and the path metrics take. The properties work on
+  either.
 
   Attributes:
     shifts: int32 [P, 2], (dx, dy) from the base centre.
@@ -144,10 +147,10 @@ class ShiftResponses:
     layers: [L] layer names, network order.
     strides: {layer: int}, the downsampling factor of each spatial layer (``layer_stride``).
     spatial: {layer: bool}, whether the layer has [H, W, C] maps.
-    probs: float32 [I, P, K], softmax of the logits.
-    sums: {layer: float32 [I, P, C]}, each map's sum over H, W (non-spatial: the values).
-    peaks: {layer: float32 [I, P, C]}, each map's max over H, W (non-spatial: the values).
-    equivariance: {layer: float32 [I, P]}, ``equivariance_error`` against the base response
+    probs: float32 [S, I, P, K], softmax of the logits.
+    sums: {layer: float32 [S, I, P, C]}, each map's sum over H, W (non-spatial: the values).
+    peaks: {layer: float32 [S, I, P, C]}, each map's max over H, W (non-spatial: the values).
+    equivariance: {layer: float32 [S, I, P]}, ``equivariance_error`` against the base response
       (NaN at shifts that are not multiples of the layer's stride).
   """
   shifts: np.ndarray
@@ -162,72 +165,66 @@ class ShiftResponses:
   equivariance: dict[str, np.ndarray]
 
   @property
+  def num_seeds(self) -> int:
+    return self.probs.shape[0] if self.probs.ndim == 4 else 1
+
+  @property
   def num_items(self) -> int:
-    return self.probs.shape[0]
+    return self.probs.shape[-3]
 
   @property
   def num_shifts(self) -> int:
-    return self.probs.shape[1]
+    return self.probs.shape[-2]
 
   @property
   def predictions(self) -> np.ndarray:
-    """int [I, P]: the top-1 class at every shift."""
+    """int [S, I, P] (or [I, P] for one seed's): the top-1 class at every shift."""
     return self.probs.argmax(-1)
 
   @property
   def correct_probability(self) -> np.ndarray:
-    """float32 [I, P]: the probability of each item's own class at every shift."""
+    """float32 [S, I, P] (or [I, P]): the probability of each item's own class at every shift."""
     return correct_probability(self.probs, self.labels)
 
-
-def _base_activations(variables: Any, images: jax.Array, base_centre: jax.Array, *,
-                      apply_fn: ApplyFn, render: RenderFn, layers: Sequence[str]) -> dict:
-  """{layer: [I, ...]}: the responses of every item at the base centre (the reference)."""
-  x = render(images, jnp.broadcast_to(base_centre, (images.shape[0], 2)))
-  _, intermediates = apply_fn(variables, x)
-  return {name: intermediates[name] for name in layers}
+  def seed(self, index: int) -> "ShiftResponses":
+    """Seed ``index``'s responses, without the seeds axis."""
+    pick = lambda per_layer: {name: a[index] for name, a in per_layer.items()}
+    return dataclasses.replace(self, probs=self.probs[index], sums=pick(self.sums),
+                               peaks=pick(self.peaks), equivariance=pick(self.equivariance))
 
 
-def _chunk_responses(variables: Any, images: jax.Array, base: dict, shifts: jax.Array,
-                     base_centre: jax.Array, *, apply_fn: ApplyFn, render: RenderFn,
-                     layers: Sequence[str], strides: Sequence[int | None],
-                     mesh: Mesh | None) -> dict:
-  """Responses of every item at every shift of a chunk, reduced to [I, chunk, ...] arrays."""
-  num_items, chunk = images.shape[0], shifts.shape[0]
-  # [chunk, I, H, W, ch] -> [chunk * I, ...]: shift-major, so a reshape recovers [chunk, I].
-  x = jax.vmap(lambda s: render(images, jnp.broadcast_to(base_centre + s, (num_items, 2))))(
-      shifts)
-  x = x.reshape((-1,) + x.shape[2:])
-  if mesh is not None:
-    x = sharding.constrain_batch(x, mesh)
-  logits, intermediates = apply_fn(variables, x)
-  probs = jax.nn.softmax(logits.astype(jnp.float32).reshape(chunk, num_items, -1), axis=-1)
-  out = {"probs": probs.swapaxes(0, 1), "sums": {}, "peaks": {}, "equivariance": {}}
-  for name, stride in zip(layers, strides):
-    act = intermediates[name].astype(jnp.float32).reshape((chunk, num_items) + base[name].shape[1:])
-    if stride is None:  # non-spatial: the values are the "maps"
-      flat = act.reshape(chunk, num_items, -1)
-      out["sums"][name] = out["peaks"][name] = flat.swapaxes(0, 1)
-    else:
-      out["sums"][name] = act.sum(axis=(2, 3)).swapaxes(0, 1)
-      out["peaks"][name] = act.max(axis=(2, 3)).swapaxes(0, 1)
-    error = functools.partial(equivariance_error, stride=stride or 1)
-    per_item = jax.vmap(error, in_axes=(0, 0, None))          # over items
-    per_shift = jax.vmap(per_item, in_axes=(None, 0, 0))      # over the chunk's shifts
-    out["equivariance"][name] = per_shift(base[name], act, shifts).swapaxes(0, 1)
-  return out
+@dataclasses.dataclass(frozen=True)
+class Responses:
+  """The kernel's reduction for ``shift_responses``: class probabilities, and per layer the maps'
+  sums and peaks and the equivariance error against the base response.
 
+  Attributes:
+    layers: the layers, in order.
+    strides: each layer's stride (``layer_stride``), None for a non-spatial layer.
+  """
+  layers: tuple[str, ...]
+  strides: tuple[int | None, ...]
 
-@functools.lru_cache(maxsize=16)
-def _compiled_responses(apply_fn: ApplyFn, render: RenderFn, layers: tuple[str, ...],
-                        strides: tuple[int | None, ...],
-                        mesh: Mesh | None) -> tuple[Callable, Callable]:
-  # Cached so that a loop over seeds (same apply_fn and render) compiles once.
-  base = jax.jit(functools.partial(_base_activations, apply_fn=apply_fn, render=render,
-                                   layers=layers))
-  chunk = jax.jit(functools.partial(_chunk_responses, apply_fn=apply_fn, render=render,
-                                    layers=layers, strides=strides, mesh=mesh))
-  return base, chunk
+  def __call__(self, logits: jax.Array, intermediates: dict, centres: jax.Array,
+               operands: tuple[dict, jax.Array]) -> dict:
+    """Reduces [I, P, ...] responses to probs [I, P, K] and per layer sums, peaks [I, P, C] and
+    equivariance [I, P]; ``operands`` are ``(base {layer: [I, 1, ...]}, base_centre [2])``."""
+    base, base_centre = operands
+    shifts = centres[0] - base_centre                        # [P, 2]: the same for every item
+    out = {"probs": jax.nn.softmax(logits.astype(jnp.float32), axis=-1), "sums": {},
+           "peaks": {}, "equivariance": {}}
+    for name, stride in zip(self.layers, self.strides):
+      act = intermediates[name].astype(jnp.float32)
+      if stride is None:  # non-spatial: the values are the "maps"
+        out["sums"][name] = out["peaks"][name] = act.reshape(act.shape[:2] + (-1,))
+      else:
+        out["sums"][name] = act.sum(axis=(2, 3))
+        out["peaks"][name] = act.max(axis=(2, 3))
+      error = functools.partial(equivariance_error, stride=stride or 1)
+      per_shift = jax.vmap(error, in_axes=(None, 0, 0))        # one item, every shift
+      per_item = jax.vmap(per_shift, in_axes=(0, 0, None))     # every item
+      out["equivariance"][name] = per_item(base[name][:, 0], act, shifts)
+    return out
 
 
 def _check_base(base_centre: np.ndarray, canvas_size: int, item_size: int) -> None:
@@ -251,50 +248,38 @@ def _check_whole(centres: np.ndarray, shifts: np.ndarray, canvas_size: int,
           "shift, shorten the path or move base_centre")
 
 
-def _model_shapes(apply_fn: ApplyFn, variables: Any, items: Items, render: RenderFn,
-                  base_centre: np.ndarray, canvas_size: int) -> dict:
-  """The model's intermediates as shapes, for one canvas per item (nothing is computed)."""
-  x = jax.eval_shape(lambda im: render(im, jnp.broadcast_to(base_centre, (im.shape[0], 2))),
-                     items.images)
-  if x.shape[1:3] != (canvas_size, canvas_size):
-    raise ValueError(f"render makes {x.shape[1]}x{x.shape[2]} canvases, not the canvas_size "
-                     f"{canvas_size} given")
-  _, intermediates = jax.eval_shape(apply_fn, variables, x)
-  return intermediates
-
-
-def shift_responses(apply_fn: ApplyFn, variables: Any, items: Items, *, render: RenderFn,
-                    base_centre: Sequence[int], shifts: np.ndarray,
-                    layers: Sequence[str] | str | None = None, canvas_size: int,
-                    shifts_per_chunk: int = 0, mesh: Mesh | None = None) -> ShiftResponses:
-  """A network's class probabilities, map sums and peaks, and equivariance errors along a path.
+def shift_responses(net: kernel.Network, variables: Any, items: Items, *,
+                    render: canvas.Renderer, base_centre: Sequence[int], shifts: np.ndarray,
+                    layers: Sequence[str] | str | None = None, shifts_per_chunk: int = 0,
+                    mesh: Mesh | None = None) -> ShiftResponses:
+  """Each seed's class probabilities, map sums and peaks, and equivariance errors along a path.
 
   Every item is rendered at ``base_centre + shift`` for each shift; all shifts of a chunk run in
-  one jitted call and are reduced on the device, so only [I, P, ...] arrays come back. The
-  equivariance reference is each item's response at ``base_centre`` (computed once), whether or
-  not the path includes shift (0, 0); there the error is float noise (~1e-7), not exactly 0, as
-  the reference runs in a batch of another shape.
+  one call of the evaluation kernel and are reduced on the device, so only [I, P, ...] arrays
+  come back per seed. The equivariance reference is each item's response at ``base_centre``
+  (computed once per seed), whether or not the path includes shift (0, 0); there the error is
+  float noise (~1e-7), not exactly 0, as the reference runs in a batch of another shape.
 
   Args:
-    apply_fn: ``(variables, x) -> (logits, intermediates)`` in inference mode. Keep the same
-      function object across seeds: the compiled calls are cached on it (and on ``render``).
-    variables: one model's variables.
+    net: ``(variables, x) -> (logits, intermediates)`` in inference mode
+      (``kernel.Inference``); keep one object per network: the compiled kernels are cached on it.
+    variables: the network's variables stacked over S seeds, every leaf [S, ...].
     items: the items (e.g. ``similarity.pick_items``), on the device.
-    render: ``(images uint8 [n, s, s, c], centres int32 [n, 2]) -> model input``.
+    render: composes model input from items and centres; its canvas size sets the layers'
+      strides.
     base_centre: (x, y), keeping the item whole.
     shifts: int32 [P, 2], (dx, dy) offsets from ``base_centre`` (``path``); each must keep the
       item whole on the canvas.
     layers: layer names; or ``"all"`` / ``"penultimate"`` / ``"all+logits"``
       (``similarity.layer_names``); None is ``"all"``.
-    canvas_size: canvas side in pixels (``render``'s); sets the layers' strides.
-    shifts_per_chunk: shifts per call (each call runs ``items * chunk`` canvases); 0 picks the
-      largest chunk that fits half the free device memory (8 where it cannot be read).
+    shifts_per_chunk: the most shifts per call (each call runs ``items * chunk`` canvases); 0
+      picks the largest chunk that fits half the free device memory (8 where it cannot be read).
     mesh: optional device mesh to split each call's canvases over (the chunk is rounded up so
       that they divide evenly); None runs on the default device.
 
   Returns:
-    A ``ShiftResponses`` with probs [I, P, K] and per layer sums / peaks [I, P, C] and
-    equivariance [I, P].
+    A ``ShiftResponses`` with probs [S, I, P, K] and per layer sums / peaks [S, I, P, C] and
+    equivariance [S, I, P].
 
   Raises:
     ValueError: a shift (or the base centre) crops the item, or a layer is not among the model's
@@ -304,49 +289,25 @@ def shift_responses(apply_fn: ApplyFn, variables: Any, items: Items, *, render: 
   if shifts.shape[0] == 0:
     raise ValueError("no shifts given")
   base_centre = np.asarray(base_centre, np.int32).reshape(2)
-  item_size = items.images.shape[1]
+  canvas_size, item_size = render.canvas_size, items.images.shape[1]
   _check_base(base_centre, canvas_size, item_size)
   centres = base_centre + shifts
   _check_whole(centres, shifts, canvas_size, item_size)
 
-  shapes = _model_shapes(apply_fn, variables, items, render, base_centre, canvas_size)
-  if layers is None or isinstance(layers, str):
-    names = similarity.layer_names(shapes, layers or "all")
-  else:
-    names = list(layers)
-    missing = [n for n in names if n not in shapes]
-    if missing:
-      raise ValueError(f"layers {missing} are not among the model's intermediates; available: "
-                       f"{sorted(shapes)}")
+  names, shapes = similarity.resolve_layers(net, variables, items.images, render, layers)
   spatial = {n: len(shapes[n].shape) == 4 for n in names}
   strides = {n: layer_stride(canvas_size, shapes[n].shape[1]) for n in names if spatial[n]}
-
-  num_items, num_shifts = items.num_items, shifts.shape[0]
-  if mesh is not None and mesh.size == 1:
-    mesh = None
-  base_fn, chunk_fn = _compiled_responses(apply_fn, render, tuple(names),
-                                          tuple(strides.get(n) for n in names), mesh)
-  base_centre_j = jnp.asarray(base_centre)
-  base = base_fn(variables, items.images, base_centre_j)
-
-  if not shifts_per_chunk:
-    shifts_per_chunk = evaluate.auto_chunk(
-        chunk_fn, lambda n: (variables, items.images, base,
-                             jax.ShapeDtypeStruct((n, 2), jnp.int32), base_centre_j),
-        num_shifts, fallback=8)
-    logging.info("invariance: %d shifts per call", shifts_per_chunk)
-  padded, chunk = evaluate.whole_chunks(shifts, shifts_per_chunk, num_items, mesh)
-  parts = [chunk_fn(variables, items.images, base, jnp.asarray(padded[c:c + chunk]), base_centre_j)
-           for c in range(0, padded.shape[0], chunk)]
-  joined = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *parts)
-  joined = jax.tree.map(lambda a: np.asarray(a, np.float32)[:, :num_shifts],
-                        jax.device_get(joined))
+  responses = kernel.against_base(
+      net, variables, items.images, render=render,
+      reduce=Responses(tuple(names), tuple(strides.get(n) for n in names)), layers=names,
+      base_centre=base_centre, centres=centres, centres_per_chunk=shifts_per_chunk, mesh=mesh)
   return ShiftResponses(
       shifts=shifts, centres=centres.astype(np.int32),
       labels=np.asarray(jax.device_get(items.labels), np.int32), layers=names,
-      strides=strides, spatial=spatial, probs=joined["probs"],
-      sums={n: joined["sums"][n] for n in names}, peaks={n: joined["peaks"][n] for n in names},
-      equivariance={n: joined["equivariance"][n] for n in names})
+      strides=strides, spatial=spatial, probs=responses["probs"],
+      sums={n: responses["sums"][n] for n in names},
+      peaks={n: responses["peaks"][n] for n in names},
+      equivariance={n: responses["equivariance"][n] for n in names})
 
 
 def _path_probs(probs: np.ndarray) -> np.ndarray:
@@ -360,15 +321,16 @@ def correct_probability(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
   """The probability of each item's own class at every shift.
 
   Args:
-    probs: [items, shifts, classes].
-    labels: int [items].
+    probs: [..., items, shifts, classes], e.g. with a leading seeds axis.
+    labels: int [items], or [..., items] (a reference class per seed).
 
   Returns:
-    [items, shifts], ``probs[i, t, labels[i]]``.
+    [..., items, shifts], ``probs[..., i, t, labels[..., i]]``.
   """
   probs = np.asarray(probs)
-  labels = np.asarray(labels).astype(np.int64)
-  return np.take_along_axis(probs, labels[:, None, None], axis=-1)[..., 0]
+  labels = np.asarray(labels).astype(np.int64)[..., None, None]
+  index = np.broadcast_to(labels, probs.shape[:-1] + (1,))
+  return np.take_along_axis(probs, index, axis=-1)[..., 0]
 
 
 def top1_change_rate(probs: np.ndarray) -> np.ndarray:
@@ -463,7 +425,7 @@ def nonshiftability(sums: np.ndarray, peaks: np.ndarray, *, activity_threshold: 
   over ``(P - 1) * active maps``.
 
   Args:
-    sums: [items, shifts, maps], each map's global sum (``ShiftResponses.sums[layer]``).
+    sums: [items, shifts, maps], each map's global sum (one seed's ``ShiftResponses.sums[layer]``).
     peaks: [items, shifts, maps], each map's max (``ShiftResponses.peaks[layer]``).
     activity_threshold: share of the item's largest peak a map must exceed to count.
     tolerance: the jump, as a share of the map's mean sum, that counts as a change.
@@ -490,12 +452,13 @@ def nonshiftability(sums: np.ndarray, peaks: np.ndarray, *, activity_threshold: 
 
 @dataclasses.dataclass(frozen=True)
 class ConsistencyResult:
-  """Zhang's consistency: whether two random shifts of an item get the same top-1 class.
+  """Zhang's consistency of S seeds' networks: whether two random shifts of an item get the same
+  top-1 class.
 
   Attributes:
-    agreement: bool [I, pairs].
-    predictions: int32 [I, pairs, 2], the top-1 class of each shift of each pair.
-    offsets: int32 [I, pairs, 2, 2], the two (dx, dy) offsets of each pair.
+    agreement: bool [S, I, pairs].
+    predictions: int32 [S, I, pairs, 2], the top-1 class of each shift of each pair.
+    offsets: int32 [I, pairs, 2, 2], the two (dx, dy) offsets of each pair (every seed's).
     labels: int32 [I].
     mode: ``"translate"`` or ``"circular"``.
     max_offset: the offsets' bound.
@@ -508,46 +471,27 @@ class ConsistencyResult:
   max_offset: int
 
   @property
-  def rate(self) -> float:
-    """The share of pairs that agree (Zhang's consistency)."""
-    return float(self.agreement.mean())
+  def rate(self) -> np.ndarray:
+    """float [S]: the share of pairs that agree (Zhang's consistency), per seed."""
+    return self.agreement.mean((-2, -1))
 
   @property
-  def accuracy(self) -> float:
-    """The share of all 2 * pairs shifted canvases classified correctly."""
-    return float((self.predictions == self.labels[:, None, None]).mean())
+  def accuracy(self) -> np.ndarray:
+    """float [S]: the share of all 2 * pairs shifted canvases classified correctly, per seed."""
+    return (self.predictions == self.labels[:, None, None]).mean((-3, -2, -1))
 
 
-def _consistency_batch(variables: Any, images: jax.Array, offsets: jax.Array,
-                       base_centre: jax.Array, *, apply_fn: ApplyFn, render: RenderFn, mode: str,
-                       mesh: Mesh | None) -> jax.Array:
-  """int32 [B, pairs, 2]: the top-1 class of each item at each offset of each pair."""
-  batch, pairs = offsets.shape[:2]
-  flat = offsets.reshape(-1, 2)                             # [B * pairs * 2, 2], item-major
-  if mode == "translate":
-    x = render(jnp.repeat(images, 2 * pairs, axis=0), base_centre + flat)
-  else:  # the canvas at the base centre, rolled circularly by (dx, dy) per sample
-    x = render(images, jnp.broadcast_to(base_centre, (batch, 2)))
-    x = jnp.repeat(x, 2 * pairs, axis=0)
-    x = jax.vmap(lambda im, o: jnp.roll(im, (o[1], o[0]), axis=(0, 1)))(x, flat)
-  if mesh is not None:
-    x = sharding.constrain_batch(x, mesh)
-  logits, _ = apply_fn(variables, x)
-  return jnp.argmax(logits, -1).astype(jnp.int32).reshape(batch, pairs, 2)
+def top_class(logits: jax.Array, intermediates: dict, centres: jax.Array,
+              operands: Any) -> jax.Array:
+  """The kernel's reduction for ``consistency``: int32 [batch, points], each canvas' top-1 class."""
+  del intermediates, centres, operands
+  return jnp.argmax(logits, -1).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=16)
-def _compiled_consistency(apply_fn: ApplyFn, render: RenderFn, mode: str,
-                          mesh: Mesh | None) -> Callable:
-  # Cached so that a loop over seeds compiles once.
-  return jax.jit(functools.partial(_consistency_batch, apply_fn=apply_fn, render=render,
-                                   mode=mode, mesh=mesh))
-
-
-def consistency(apply_fn: ApplyFn, variables: Any, items: Items, key: jax.Array, *,
-                render: RenderFn, canvas_size: int, item_size: int, base_centre: Sequence[int],
-                max_offset: int, pairs_per_item: int = 1, mode: str = "translate",
-                items_per_batch: int = 64, mesh: Mesh | None = None) -> ConsistencyResult:
+def consistency(net: kernel.Network, variables: Any, items: Items, key: jax.Array, *,
+                render: canvas.Renderer, base_centre: Sequence[int], max_offset: int,
+                pairs_per_item: int = 1, mode: str = "translate", items_per_batch: int = 64,
+                mesh: Mesh | None = None) -> ConsistencyResult:
   """Zhang's consistency: the top-1 class agrees for two random shifts of the same item.
 
   For each item and pair, two independent offsets (dx, dy) are drawn, each component uniform over
@@ -555,17 +499,15 @@ def consistency(apply_fn: ApplyFn, variables: Any, items: Items, key: jax.Array,
   ``base_centre + offset``) or of ``[-max_offset, max_offset)`` (``"circular"``: the canvas
   rendered at ``base_centre`` is rolled circularly by the offset, x along the width, as Chaman &
   Dokmanic's APS evaluation does with ``torch.roll``). A pair agrees when both argmaxes are equal.
-  The draws depend on ``key`` only, not on the batching.
+  The draws depend on ``key`` only, not on the batching; every seed's network sees the same.
 
   Args:
-    apply_fn: ``(variables, x) -> (logits, intermediates)`` in inference mode (cached on, as
+    net: ``(variables, x) -> (logits, intermediates)`` in inference mode (as
       ``shift_responses``).
-    variables: one model's variables.
+    variables: the network's variables stacked over S seeds, every leaf [S, ...].
     items: the items, on the device.
     key: PRNG key for the offsets.
-    render: ``(images, centres) -> model input``.
-    canvas_size: canvas side in pixels.
-    item_size: item side in pixels.
+    render: composes model input from items and centres (its canvas size bounds the offsets).
     base_centre: (x, y); with ``"translate"``, ``base_centre + max_offset - 1`` must keep the item
       whole.
     max_offset: the offsets' bound (Zhang: 32 on ImageNet's 224 crops).
@@ -575,7 +517,7 @@ def consistency(apply_fn: ApplyFn, variables: Any, items: Items, key: jax.Array,
     mesh: optional device mesh to split each call's canvases over.
 
   Returns:
-    A ``ConsistencyResult``; ``.rate`` is the consistency.
+    A ``ConsistencyResult``; ``.rate`` is each seed's consistency.
 
   Raises:
     ValueError: unknown mode, or an offset range that would crop the item.
@@ -585,6 +527,7 @@ def consistency(apply_fn: ApplyFn, variables: Any, items: Items, key: jax.Array,
   if max_offset < 1 or pairs_per_item < 1 or items_per_batch < 1:
     raise ValueError(f"max_offset ({max_offset}), pairs_per_item ({pairs_per_item}) and "
                      f"items_per_batch ({items_per_batch}) must be >= 1")
+  canvas_size, item_size = render.canvas_size, items.images.shape[1]
   base_centre = np.asarray(base_centre, np.int32).reshape(2)
   _check_base(base_centre, canvas_size, item_size)
   lo, hi = locations.centre_range(canvas_size, item_size)
@@ -597,25 +540,25 @@ def consistency(apply_fn: ApplyFn, variables: Any, items: Items, key: jax.Array,
         f"{int(hi - base_centre.max() + 1)} or move base_centre")
   num_items = items.num_items
   low = 0 if mode == "translate" else -max_offset
-  offsets = jax.random.randint(key, (num_items, pairs_per_item, 2, 2), low, max_offset, jnp.int32)
+  offsets = np.asarray(jax.device_get(jax.random.randint(
+      key, (num_items, pairs_per_item, 2, 2), low, max_offset, jnp.int32)))
 
-  if mesh is not None and mesh.size == 1:
-    mesh = None
-  run = _compiled_consistency(apply_fn, render, mode, mesh)
+  # The canvas at the base centre rolled by an offset is the item placed circularly there.
+  run = kernel.Kernel(net, dataclasses.replace(render, wrap=mode == "circular"), top_class, mesh)
   # Whole batches (2 * pairs * batch canvases divide over the devices), padded with copies of
   # the last item; their answers are sliced off.
-  index, batch = evaluate.whole_chunks(np.arange(num_items), items_per_batch,
-                                       2 * pairs_per_item, mesh)
-  index = jnp.asarray(index)
-  images, padded_offsets = items.images[index], offsets[index]
-  centre = jnp.asarray(base_centre)
-  parts = [run(variables, images[b:b + batch], padded_offsets[b:b + batch], centre)
-           for b in range(0, len(index), batch)]
-  predictions = np.asarray(jax.device_get(jnp.concatenate(parts)), np.int32)[:num_items]
+  index, batch = kernel.whole_chunks(np.arange(num_items), items_per_batch,
+                                     2 * pairs_per_item, run.mesh)
+  images = items.images[jnp.asarray(index)]
+  centres = (base_centre + offsets.reshape(num_items, 2 * pairs_per_item, 2))[index]
+  batches = [(images[b:b + batch], jnp.asarray(centres[b:b + batch]))
+             for b in range(0, len(index), batch)]
+  predictions = kernel.over_seeds(variables, lambda one_seed: jnp.concatenate(
+      [run(one_seed, *b) for b in batches]))
+  predictions = predictions[:, :num_items].reshape(-1, num_items, pairs_per_item, 2)
   return ConsistencyResult(
       agreement=predictions[..., 0] == predictions[..., 1], predictions=predictions,
-      offsets=np.asarray(jax.device_get(offsets), np.int32),
-      labels=np.asarray(jax.device_get(items.labels), np.int32), mode=mode,
+      offsets=offsets, labels=np.asarray(jax.device_get(items.labels), np.int32), mode=mode,
       max_offset=int(max_offset))
 
 
@@ -634,13 +577,13 @@ def _nanmean(values: np.ndarray) -> float:
 
 def summarise(responses: ShiftResponses, *, top: int = 5, activity_threshold: float = 0.1,
               tolerance: float = 0.2) -> dict:
-  """The scalars of a report from one network's responses along a path, JSON-ready.
+  """The scalars of a report from one seed's responses along a path, JSON-ready.
 
   Item-level measures are averaged over items; undefined values (no active map, no shift that is
   a nonzero multiple of a layer's stride) are None.
 
   Args:
-    responses: from ``shift_responses`` (at least 2 shifts, in path order).
+    responses: one seed's (``ShiftResponses.seed``), with at least 2 shifts in path order.
     top: the top-k set of ``jaggedness``.
     activity_threshold: as ``nonshiftability``.
     tolerance: as ``nonshiftability``.

@@ -8,26 +8,22 @@ over those items. The penultimate layer gives the main figure (5); every layer g
 per-layer figures (11 and 12).
 
 All (item, centre) canvases of a chunk of centres are rendered and run through the network in one
-jitted call; the similarities are reduced on the device in float32 and only ``[layers, centres,
-items]`` numbers come back.
+call of the evaluation kernel; the similarities are reduced on the device in float32 and only
+``[items, centres]`` numbers per layer come back.
 """
 
 import dataclasses
-import functools
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 from jax.sharding import Mesh
 
-from transinv_jax import evaluate, sharding
-from transinv_jax.train import Items, RenderFn
-
-# (variables, x [batch, H, W, C]) -> (logits, intermediates {name: [batch, ...]}), inference mode.
-ApplyFn = Callable[[Any, jax.Array], tuple[jax.Array, dict]]
+from transinv_jax import kernel
+from transinv_jax.data import canvas
+from transinv_jax.train import Items
 
 WHICH = ("all", "penultimate", "all+logits")
 
@@ -151,13 +147,14 @@ def displaced_centres(base_centre: Sequence[int], xs: Sequence[int]) -> np.ndarr
 
 @dataclasses.dataclass(frozen=True)
 class SimilarityResult:
-  """Cosine similarities of one network, for every layer, displaced centre and item.
+  """Cosine similarities of S seeds' networks, for every layer, displaced centre and item.
 
   Attributes:
     layers: [L] layer names, network order.
     centres: int32 [D, 2], the displaced centres (x, y).
     displacements: int32 [D], horizontal displacement ``x - base_x`` in px (positive: right).
-    per_item: float32 [L, D, I], similarity of item i's activations at the base and at centre d.
+    per_item: float32 [S, L, D, I], similarity of item i's activations at the base and at centre
+      d, for each seed's network.
     labels: int32 [I], the items' classes (with one item per class, per_item is per class).
   """
   layers: list[str]
@@ -167,151 +164,13 @@ class SimilarityResult:
   labels: np.ndarray
 
   @property
-  def mean(self) -> np.ndarray:
-    """float32 [L, D]: the mean over items (the paper's curves)."""
-    return self.per_item.mean(-1)
-
-  def layer(self, name: str) -> np.ndarray:
-    """float32 [D]: the mean over items for one layer."""
-    return self.mean[self.layers.index(name)]
-
-
-def _flat_similarity(base: dict, displaced: dict, layers: Sequence[str],
-                     num_items: int) -> jax.Array:
-  """[L, C, I] similarities from base activations [I, ...] and displaced ones [C * I, ...]."""
-  out = []
-  for name in layers:
-    a = base[name].reshape((1, num_items, -1))
-    b = displaced[name].reshape((-1, num_items, a.shape[-1]))
-    out.append(cosine(a, b))
-  return jnp.stack(out)
-
-
-def _base_activations(variables: Any, images: jax.Array, base_centre: jax.Array, *,
-                      apply_fn: ApplyFn, render: RenderFn, layers: Sequence[str]) -> dict:
-  """{layer: [I, ...]}: the activations of every item at the base centre."""
-  x = render(images, jnp.broadcast_to(base_centre, (images.shape[0], 2)))
-  _, intermediates = apply_fn(variables, x)
-  return {name: intermediates[name] for name in layers}
-
-
-def _chunk_similarity(variables: Any, images: jax.Array, base: dict, centres: jax.Array, *,
-                      apply_fn: ApplyFn, render: RenderFn, layers: Sequence[str],
-                      mesh: Mesh | None) -> jax.Array:
-  """float32 [L, C, I]: similarity of every item at every centre of a chunk with its base."""
-  num_items = images.shape[0]
-  # [C, I, H, W, ch] -> [C * I, ...]: centre-major, so a reshape recovers [C, I] afterwards.
-  x = jax.vmap(lambda c: render(images, jnp.broadcast_to(c, (num_items, 2))))(centres)
-  x = x.reshape((-1,) + x.shape[2:])
-  if mesh is not None and mesh.size > 1:
-    x = sharding.constrain_batch(x, mesh)
-  _, intermediates = apply_fn(variables, x)
-  return _flat_similarity(base, intermediates, layers, num_items)
-
-
-@functools.lru_cache(maxsize=16)
-def _compiled(apply_fn: ApplyFn, render: RenderFn, layers: tuple[str, ...],
-              mesh: Mesh | None) -> tuple[Callable, Callable]:
-  # Cached so that a loop over seeds (same apply_fn and render) compiles once.
-  base = jax.jit(functools.partial(_base_activations, apply_fn=apply_fn, render=render,
-                                   layers=layers))
-  chunk = jax.jit(functools.partial(_chunk_similarity, apply_fn=apply_fn, render=render,
-                                    layers=layers, mesh=mesh))
-  return base, chunk
-
-
-def _resolve_layers(apply_fn: ApplyFn, variables: Any, items: Items, render: RenderFn,
-                    base_centre: np.ndarray, layers: Sequence[str] | str | None) -> list[str]:
-  """The requested layer names, checked against the model's intermediates (shapes only)."""
-  x = jax.eval_shape(lambda im: render(im, jnp.broadcast_to(base_centre, (im.shape[0], 2))),
-                     items.images)
-  _, intermediates = jax.eval_shape(apply_fn, variables, x)
-  if layers is None or isinstance(layers, str):
-    return layer_names(intermediates, layers or "all")
-  missing = [n for n in layers if n not in intermediates]
-  if missing:
-    raise ValueError(f"layers {missing} are not among the intermediates {sorted(intermediates)}")
-  return list(layers)
-
-
-def cosine_similarity(apply_fn: ApplyFn, variables: Any, items: Items, *, render: RenderFn,
-                      base_centre: tuple[int, int], centres: np.ndarray,
-                      layers: Sequence[str] | str | None = None, centres_per_chunk: int = 8,
-                      mesh: Mesh | None = None) -> SimilarityResult:
-  """Per-layer cosine similarity between each item at ``base_centre`` and at each of ``centres``.
-
-  For layer l, centre d and item i: cos(flat(act_l(item_i at base)), flat(act_l(item_i at d))),
-  in float32 (whatever the model's compute dtype); see ``cosine`` for all-zero activations.
-
-  Args:
-    apply_fn: ``(variables, x) -> (logits, intermediates)`` in inference mode, e.g.
-      ``lambda v, x: model.apply(v, x, train=False)``. Keep the same function object across
-      seeds: the compiled calls are cached on it.
-    variables: one model's variables (not stacked over seeds; see ``by_seed``).
-    items: the items to compare (``pick_items``: one per class), on the device.
-    render: ``(images, centres) -> model input``, as in training and the shift sweep.
-    base_centre: (x, y) reference location (the paper: leftmost-centred, (25, 112)).
-    centres: int32 [D, 2] displaced centres (``displaced_centres``), each keeping the item whole.
-    layers: layer names; or ``"all"`` / ``"penultimate"`` / ``"all+logits"`` (``layer_names``);
-      None is ``"all"``.
-    centres_per_chunk: centres per call (each call runs ``items * chunk`` canvases); 0 picks
-      the largest chunk that fits half the free device memory (8 where it cannot be read).
-    mesh: optional device mesh to split each call's canvases over (the chunk is rounded up so
-      that they divide evenly); None runs on the default device.
-
-  Returns:
-    A ``SimilarityResult``; ``.mean`` is [L, D], ``.per_item`` [L, D, I].
-  """
-  centres = np.asarray(centres, np.int32).reshape(-1, 2)
-  base_centre = np.asarray(base_centre, np.int32)
-  num_items, num_centres = items.num_items, centres.shape[0]
-  names = _resolve_layers(apply_fn, variables, items, render, base_centre, layers)
-  if mesh is not None and mesh.size == 1:
-    mesh = None
-  base_fn, chunk_fn = _compiled(apply_fn, render, tuple(names), mesh)
-  base = base_fn(variables, items.images, jnp.asarray(base_centre))
-
-  if not centres_per_chunk:
-    centres_per_chunk = evaluate.auto_chunk(
-        chunk_fn, lambda n: (variables, items.images, base,
-                             jax.ShapeDtypeStruct((n, 2), jnp.int32)),
-        num_centres, fallback=8)
-    logging.info("similarity: %d centres per call", centres_per_chunk)
-  padded, chunk = evaluate.whole_chunks(centres, centres_per_chunk, num_items, mesh)
-  parts = [chunk_fn(variables, items.images, base, jnp.asarray(padded[c:c + chunk]))
-           for c in range(0, padded.shape[0], chunk)]
-  per_item = np.asarray(jax.device_get(jnp.concatenate(parts, axis=1)), np.float32)
-  return SimilarityResult(
-      layers=names, centres=centres, displacements=centres[:, 0] - base_centre[0],
-      per_item=per_item[:, :num_centres],
-      labels=np.asarray(jax.device_get(items.labels), np.int32))
-
-
-@dataclasses.dataclass(frozen=True)
-class SeedsSimilarity:
-  """Similarities of several trained repetitions (seeds) of one network.
-
-  Attributes:
-    layers: [L] layer names, network order.
-    centres: int32 [D, 2].
-    displacements: int32 [D].
-    per_seed: float32 [S, L, D, I], each seed's ``SimilarityResult.per_item``.
-    labels: int32 [I].
-  """
-  layers: list[str]
-  centres: np.ndarray
-  displacements: np.ndarray
-  per_seed: np.ndarray
-  labels: np.ndarray
-
-  @property
   def seed_mean(self) -> np.ndarray:
     """float32 [S, L, D]: each seed's mean over items."""
-    return self.per_seed.mean(-1)
+    return self.per_item.mean(-1)
 
   @property
   def mean(self) -> np.ndarray:
-    """float32 [L, D]: the mean over seeds of the mean over items."""
+    """float32 [L, D]: the mean over seeds of the mean over items (the paper's curves)."""
     return self.seed_mean.mean(0)
 
   @property
@@ -319,25 +178,98 @@ class SeedsSimilarity:
     """float32 [L, D]: the std across seeds of the mean over items (0 for one seed)."""
     return self.seed_mean.std(0)
 
+  def layer(self, name: str) -> np.ndarray:
+    """float32 [D]: ``mean`` for one layer."""
+    return self.mean[self.layers.index(name)]
 
-def by_seed(apply_fn: ApplyFn, variables_per_seed: Sequence[Any], items: Items,
-            **kwargs) -> SeedsSimilarity:
-  """``cosine_similarity`` for each seed's variables (compiled once), stacked.
+
+def similarity_to_base(logits: jax.Array, intermediates: dict, centres: jax.Array,
+                       operands: tuple[dict, jax.Array]) -> dict:
+  """The kernel's reduction: cosine similarity of every item at every centre with its base.
 
   Args:
-    apply_fn: as ``cosine_similarity``.
-    variables_per_seed: one variables tree per seed. For variables trained together (stacked
-      on a leading seed axis) pass ``[jax.tree.map(lambda v: v[i], stacked) for i in ...]``.
-    items: as ``cosine_similarity``.
-    **kwargs: the other ``cosine_similarity`` arguments.
+    logits: not used.
+    intermediates: {layer: [I, P, ...]}, the activations at the chunk's centres.
+    centres: not used.
+    operands: ``(base, base_centre)`` from ``kernel.against_base``: {layer: [I, 1, ...]}.
 
   Returns:
-    A ``SeedsSimilarity``; ``.mean`` and ``.std`` are [L, D].
+    {layer: float32 [I, P]} for the layers of ``base``.
   """
-  results = [cosine_similarity(apply_fn, v, items, **kwargs) for v in variables_per_seed]
-  if not results:
-    raise ValueError("no variables given")
-  first = results[0]
-  return SeedsSimilarity(layers=first.layers, centres=first.centres,
-                         displacements=first.displacements,
-                         per_seed=np.stack([r.per_item for r in results]), labels=first.labels)
+  del logits, centres
+  base, _ = operands
+  flat = lambda a: a.reshape(a.shape[:2] + (-1,))
+  return {name: cosine(flat(a), flat(intermediates[name])) for name, a in base.items()}
+
+
+def resolve_layers(net: kernel.Network, variables: Any, images: jax.Array,
+                   render: canvas.Renderer,
+                   layers: Sequence[str] | str | None) -> tuple[list[str], dict]:
+  """The requested layers, checked against the network's intermediates (shapes only).
+
+  Args:
+    net: the network.
+    variables: its variables, stacked over seeds.
+    images: the items' images, uint8 [I, size, size, channels].
+    render: composes model input from items and centres.
+    layers: layer names; or ``"all"`` / ``"penultimate"`` / ``"all+logits"`` (``layer_names``);
+      None is ``"all"``.
+
+  Returns:
+    ``(names, shapes)``: the layer names (network order for a selection), and every
+    intermediate's ``jax.ShapeDtypeStruct`` [I, ...] for one canvas per item.
+
+  Raises:
+    ValueError: a named layer is not among the intermediates.
+  """
+  x = jax.eval_shape(render, images, jax.ShapeDtypeStruct((images.shape[0], 2), jnp.int32))
+  _, shapes = jax.eval_shape(net, jax.eval_shape(kernel.seed_variables, variables, 0), x)
+  if layers is None or isinstance(layers, str):
+    return layer_names(shapes, layers or "all"), shapes
+  missing = [n for n in layers if n not in shapes]
+  if missing:
+    raise ValueError(f"layers {missing} are not among the model's intermediates; available: "
+                     f"{sorted(shapes)}")
+  return list(layers), shapes
+
+
+def cosine_similarity(net: kernel.Network, variables: Any, items: Items, *,
+                      render: canvas.Renderer, base_centre: tuple[int, int], centres: np.ndarray,
+                      layers: Sequence[str] | str | None = None, centres_per_chunk: int = 8,
+                      mesh: Mesh | None = None) -> SimilarityResult:
+  """Per-layer cosine similarity between each item at ``base_centre`` and at each of ``centres``.
+
+  For seed s, layer l, centre d and item i: cos(flat(act_l(item_i at base)), flat(act_l(item_i
+  at d))), in float32 (whatever the model's compute dtype); see ``cosine`` for all-zero
+  activations.
+
+  Args:
+    net: ``(variables, x) -> (logits, intermediates)`` in inference mode
+      (``kernel.Inference``); keep one object per network: the compiled kernels are cached on it.
+    variables: the network's variables stacked over S seeds, every leaf [S, ...].
+    items: the items to compare (``pick_items``: one per class), on the device.
+    render: composes model input from items and centres, as in training and the shift sweep.
+    base_centre: (x, y) reference location (the paper: leftmost-centred, (25, 112)).
+    centres: int32 [D, 2] displaced centres (``displaced_centres``), each keeping the item whole.
+    layers: layer names; or ``"all"`` / ``"penultimate"`` / ``"all+logits"`` (``layer_names``);
+      None is ``"all"``.
+    centres_per_chunk: the most centres per call (each call runs ``items * chunk`` canvases); 0
+      picks the largest chunk that fits half the free device memory (8 where it cannot be read).
+    mesh: optional device mesh to split each call's canvases over (the chunk is rounded up so
+      that they divide evenly); None runs on the default device.
+
+  Returns:
+    A ``SimilarityResult``; ``.per_item`` is [S, L, D, I], ``.mean`` [L, D].
+  """
+  centres = np.asarray(centres, np.int32).reshape(-1, 2)
+  base_centre = np.asarray(base_centre, np.int32)
+  names, _ = resolve_layers(net, variables, items.images, render, layers)
+  similarity = kernel.against_base(
+      net, variables, items.images, render=render, reduce=similarity_to_base, layers=names,
+      base_centre=base_centre, centres=centres, centres_per_chunk=centres_per_chunk, mesh=mesh)
+  # {layer: [S, I, D]} -> [S, L, D, I]
+  per_item = np.stack([similarity[name].swapaxes(1, 2) for name in names], axis=1)
+  return SimilarityResult(
+      layers=names, centres=centres, displacements=centres[:, 0] - base_centre[0],
+      per_item=per_item.astype(np.float32),
+      labels=np.asarray(jax.device_get(items.labels), np.int32))

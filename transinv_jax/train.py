@@ -153,6 +153,17 @@ def create_train_state(model: Any, keys: jax.Array, input_shape: tuple[int, ...]
   """
   if keys.ndim != 1:
     raise ValueError(f"keys must be a [seeds] array of PRNG keys, got shape {keys.shape}")
+  try:
+    init = _init_program(model, tuple(input_shape), learning_rate, trainable, mesh)
+  except TypeError:  # a module with unhashable attributes: compiled for this call only
+    init = _init_program.__wrapped__(model, tuple(input_shape), learning_rate, trainable, mesh)
+  return init(keys)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_program(model: Any, input_shape: tuple[int, ...], learning_rate: float,
+                  trainable: Callable[[Any], Any] | None, mesh: Mesh) -> Callable:
+  """``create_train_state``'s jitted init, cached so that equal calls compile once."""
   tx = optax.adam(learning_rate)
   if trainable is not None:
     labels = lambda params: jax.tree.map(lambda t: "train" if t else "frozen", trainable(params))
@@ -166,7 +177,7 @@ def create_train_state(model: Any, keys: jax.Array, input_shape: tuple[int, ...]
     # A strongly typed step keeps the state's signature fixed across calls (no recompiles).
     return state.replace(step=jnp.int32(0))
 
-  return jax.jit(jax.vmap(init), out_shardings=sharding.replicated(mesh))(keys)
+  return jax.jit(jax.vmap(init), out_shardings=sharding.replicated(mesh))
 
 
 def train_step(state: TrainState, items: Items, key: jax.Array, *, render: RenderFn,
@@ -277,6 +288,18 @@ def _copy(state: TrainState) -> TrainState:
   return jax.tree.map(jnp.copy, state)
 
 
+@functools.lru_cache(maxsize=16)
+def _program(mode: str, scan_steps: int, step_kwargs: frozenset) -> Callable:
+  """The jitted program of ``mode`` (state donated), one per distinct step arguments: runners
+  with equal ``render``, ``sampler``, ``stop``, ``batch_size`` and ``mesh`` share its
+  compilation."""
+  if mode == "sequential":
+    fn = functools.partial(train_steps, num_steps=scan_steps, **dict(step_kwargs))
+  else:
+    fn = functools.partial(seeds_together, mode=mode, num_steps=scan_steps, **dict(step_kwargs))
+  return jax.jit(fn, donate_argnums=0)
+
+
 class SeedsRunner:
   """Dispatches steps of every seed of a stacked state, in one of ``SEEDS_MODES``.
 
@@ -298,15 +321,12 @@ class SeedsRunner:
     if mode not in SEEDS_MODES:
       raise ValueError(f"unknown seeds mode {mode!r}; use one of {', '.join(SEEDS_MODES)}")
     self.mode, self.num_seeds, self._items = mode, state.num_seeds, items
+    # In sequential mode one single-seed program serves every seed: plain convs, compiled once.
+    self._run = _program(mode, scan_steps, frozenset(step_kwargs.items()))
     if mode == "sequential":
-      # One single-seed program serves every seed: plain convs, compiled once.
-      self._run = jax.jit(functools.partial(train_steps, num_steps=scan_steps, **step_kwargs),
-                          donate_argnums=0)
       self._states = _unstack(state, self.num_seeds)
       self._keys = list(keys)
     else:
-      self._run = jax.jit(functools.partial(seeds_together, mode=mode, num_steps=scan_steps,
-                                            **step_kwargs), donate_argnums=0)
       self._stacked, self._keys = state, keys
 
   def dispatch(self, running: np.ndarray) -> list[Metrics | None] | Metrics:
@@ -415,8 +435,9 @@ def train_loop(state: TrainState, items: Items, keys: jax.Array, *, stop: StopRu
 
   A window is ``log_every`` steps of every running seed. The next window is dispatched before the
   host reads the last one's metrics, writes them and checkpoints, so the device never waits for
-  the host; the price is that a seed's stop is seen one window late (in sequential mode a stopped
-  seed is dispatched for at most one more window, as no-ops that leave its state unchanged).
+  the host. The step cap is foreseen (no seed is dispatched past it), but a stop by the accuracy
+  rule is seen one window late: that seed gets at most one more window of no-op steps, which leave
+  its state unchanged (in sequential mode it is not dispatched after that).
 
   Args:
     state: the (possibly restored) train state ``[seeds, ...]``; returned at once if every seed
@@ -452,7 +473,10 @@ def train_loop(state: TrainState, items: Items, keys: jax.Array, *, stop: StopRu
   del state  # the runner owns (and donates) its buffers now
   running = reason == RUNNING
   accuracy = np.full(steps.shape, np.nan)
-  dispatched = last_checkpoint = int(steps.max())
+  # Steps dispatched to each seed: an upper bound of its step, so that a seed is not dispatched
+  # past the step cap (a stop the host can foresee) while the last window is still unread.
+  planned = steps.copy()
+  last_checkpoint = int(steps.max())
   seconds, clock = 0.0, time.perf_counter()
 
   def read(window: _Window) -> None:
@@ -489,13 +513,16 @@ def train_loop(state: TrainState, items: Items, keys: jax.Array, *, stop: StopRu
       save(window.snapshot)
 
   pending = None
-  while running.any() or pending is not None:
+  while True:
+    go = running & (planned < stop.max_steps)
     window = None
-    if running.any():  # the next window goes to the device before the host reads the last
-      window = _Window([runner.dispatch(running) for _ in range(log_every // scan_steps)], None)
-      dispatched += log_every
-      if dispatched - last_checkpoint >= checkpoint_every:
-        window.snapshot, last_checkpoint = runner.snapshot(), dispatched
+    if go.any():  # the next window goes to the device before the host reads the last
+      window = _Window([runner.dispatch(go) for _ in range(log_every // scan_steps)], None)
+      planned = np.where(go, planned + log_every, planned)
+      if planned.max() - last_checkpoint >= checkpoint_every:
+        window.snapshot, last_checkpoint = runner.snapshot(), int(planned.max())
+    elif pending is None:
+      break
     if pending is not None:
       read(pending)
       if should_stop():

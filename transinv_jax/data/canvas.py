@@ -4,6 +4,7 @@ Items live on the device as uint8 ``[num_items, size, size, channels]``; every c
 the device inside the jitted step, so there is no host input pipeline to wait for.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -38,18 +39,22 @@ def resize_items(images: np.ndarray | jax.Array, size: int, chunk: int = 4096) -
   return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
-def place_item(item: jax.Array, centre: jax.Array, canvas_size: int) -> jax.Array:
+def place_item(item: jax.Array, centre: jax.Array, canvas_size: int,
+               wrap: bool = False) -> jax.Array:
   """Pastes one item whole on a black canvas, centred at integer ``centre = (x, y)``.
 
   Placement is two one-hot matrix products (rows, then columns): exact for uint8 values in float32
   or bfloat16 (each output pixel sums exactly one non-zero term), and it runs on the matrix units of
   a GPU or TPU instead of as a scatter. The centre must keep the item whole (see ``locations``); one
-  off that range would drop the item's outside rows, so callers validate locations up front.
+  off that range would drop the item's outside rows, so callers validate locations up front, unless
+  ``wrap`` places it circularly.
 
   Args:
     item: [size, size, channels], any real or uint8 dtype.
     centre: int [2], the item centre as (x, y).
     canvas_size: canvas side in pixels.
+    wrap: rows and columns past an edge come back at the other, so the canvas of an item at
+      ``c + o`` is the canvas at ``c`` rolled circularly by ``o`` (any integer centre is allowed).
 
   Returns:
     [canvas_size, canvas_size, channels], the dtype of ``item``.
@@ -59,16 +64,23 @@ def place_item(item: jax.Array, centre: jax.Array, canvas_size: int) -> jax.Arra
   x0, y0 = centre.astype(jnp.int32) - size // 2
   pixels = jnp.arange(canvas_size, dtype=jnp.int32)[:, None]
   offsets = jnp.arange(size, dtype=jnp.int32)[None, :]
-  rows = (pixels == y0 + offsets).astype(compute)  # [canvas, size]
-  cols = (pixels == x0 + offsets).astype(compute)  # [canvas, size]
+  ys, xs = y0 + offsets, x0 + offsets
+  if wrap:
+    ys, xs = ys % canvas_size, xs % canvas_size
+  rows = (pixels == ys).astype(compute)  # [canvas, size]
+  cols = (pixels == xs).astype(compute)  # [canvas, size]
   out = jnp.einsum("yi,ijc,xj->yxc", rows, item.astype(compute), cols,
                    precision=jax.lax.Precision.HIGHEST)
   return out.astype(item.dtype)
 
 
-# [batch, size, size, channels], int [batch, 2], canvas_size -> [batch, canvas, canvas, channels].
-# Called alone it compiles once per shape; inside the jitted train step and sweep it is inlined.
-place_items = jax.jit(jax.vmap(place_item, in_axes=(0, 0, None)), static_argnums=2)
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def place_items(items: jax.Array, centres: jax.Array, canvas_size: int,
+                wrap: bool = False) -> jax.Array:
+  """``place_item`` for a batch: [batch, size, size, channels], int [batch, 2] -> [batch, canvas,
+  canvas, channels]. Called alone it compiles once per shape; inside the jitted train step and
+  the evaluation kernel it is inlined."""
+  return jax.vmap(place_item, in_axes=(0, 0, None, None))(items, centres, canvas_size, wrap)
 
 
 def to_channels(images: jax.Array, channels: int) -> jax.Array:
@@ -115,10 +127,51 @@ def to_model_input(canvases: jax.Array, mean: jax.Array, std: jax.Array, channel
 
 
 def render(items: jax.Array, centres: jax.Array, *, canvas_size: int, mean: jax.Array,
-           std: jax.Array, channels: int, dtype=jnp.float32) -> jax.Array:
+           std: jax.Array, channels: int, dtype=jnp.float32, wrap: bool = False) -> jax.Array:
   """Items and their centres -> normalised model input ``[batch, canvas, canvas, channels]``.
 
-  Bind the keyword-only arguments with ``functools.partial`` to get the ``render`` callable that
-  training and the shift sweep share.
+  ``Renderer`` binds the keyword-only arguments as a value: the ``render`` callable that training
+  and every evaluation share.
   """
-  return to_model_input(place_items(items, centres, canvas_size), mean, std, channels, dtype)
+  return to_model_input(place_items(items, centres, canvas_size, wrap), mean, std, channels,
+                        dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Renderer:
+  """``render`` with its settings bound: ``(items uint8 [batch, size, size, c], centres int32
+  [batch, 2]) -> model input [batch, canvas, canvas, channels]``.
+
+  A value: renderers with equal settings are equal and hash alike, so a jitted program that takes
+  one as a static argument compiles once per setting, not once per renderer object.
+
+  Attributes:
+    canvas_size: canvas side in pixels.
+    mean: per-channel canvas mean in [0, 1] (one value applies to every channel).
+    std: per-channel canvas std, as ``mean``.
+    channels: channels the model sees.
+    dtype: the model input's dtype.
+    wrap: place items circularly (``place_item``).
+  """
+  canvas_size: int
+  mean: tuple[float, ...]
+  std: tuple[float, ...]
+  channels: int
+  dtype: str = "float32"
+  wrap: bool = False
+
+  def __post_init__(self):
+    # Plain Python values, whatever was passed (numpy arrays, numpy scalars, jnp dtypes), so that
+    # equality and hashing go by value.
+    as_floats = lambda v: tuple(float(x) for x in np.ravel(np.asarray(v, np.float32)))
+    object.__setattr__(self, "canvas_size", int(self.canvas_size))
+    object.__setattr__(self, "mean", as_floats(self.mean))
+    object.__setattr__(self, "std", as_floats(self.std))
+    object.__setattr__(self, "channels", int(self.channels))
+    object.__setattr__(self, "dtype", jnp.dtype(self.dtype).name)
+
+  def __call__(self, items: jax.Array, centres: jax.Array) -> jax.Array:
+    return render(items, centres, canvas_size=self.canvas_size,
+                  mean=jnp.asarray(self.mean, jnp.float32),
+                  std=jnp.asarray(self.std, jnp.float32), channels=self.channels,
+                  dtype=jnp.dtype(self.dtype), wrap=self.wrap)

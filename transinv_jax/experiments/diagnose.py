@@ -24,13 +24,14 @@ the figures of ``diagnostics``), ``report.json`` (the network, its origin and ev
 import dataclasses
 import json
 import pathlib
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from transinv_jax import checkpoints, config_checks, finetune, models, sharding
+from transinv_jax import checkpoints, config_checks, finetune, kernel, models, sharding
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.experiments import diagnostics, pipeline, spec
 from transinv_jax.models import pretrained
@@ -45,14 +46,14 @@ class Network:
 
   Attributes:
     origin: what was loaded (the checkpoint's kind and folders).
-    variables: one variables tree per seed.
+    variables: the variables stacked over seeds, every leaf [S, ...] (S = 1 for a weights file).
     seeds: the seeds (or [0] for a weights file).
     num_classes: its output size.
     flat: the flat run config it is measured with (data, model, eval, seed).
     mean, std: the canvas normalisation (None: compute from the items, as training does).
   """
   origin: dict
-  variables: list
+  variables: Any
   seeds: list[int]
   num_classes: int
   flat: ml_collections.ConfigDict
@@ -139,7 +140,8 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
           f"config.checkpoint={config.checkpoint!r} does not fit config.model ({e.detail})"
       ) from None
     origin = {"kind": "weights", "path": str(path)}
-    return Network(origin, [variables], [0], num_classes, flat, None, None)
+    return Network(origin, jax.tree.map(lambda v: np.asarray(v)[None], variables), [0],
+                   num_classes, flat, None, None)
 
   kind, folders = export_folders(config.checkpoint, config.stage)
   if model_keys:
@@ -157,8 +159,8 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
                              "normalise"} & set(data_keys):
     summary = json.loads(done.read_text())
     mean, std = (np.asarray(summary[k], np.float32) for k in ("mean", "std"))
-  variables = [v for v, _ in loaded]
-  num_classes = finetune.num_outputs(variables[0]["params"])
+  variables = jax.tree.map(lambda *per_seed: np.stack(per_seed), *(v for v, _ in loaded))
+  num_classes = finetune.num_outputs(loaded[0][0]["params"])
   seeds = [int(f.name[4:]) if f.name.startswith("seed") else stored.get("seed", 0)
            for f in folders]
   origin = {"kind": kind, "folders": [str(f) for f in folders],
@@ -203,13 +205,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
     train_set = pipeline.load_items(d, "train", d.max_train_items)
     train_items = pipeline.to_device(train_set, d.item_size, mesh)
     network.mean, network.std = pipeline.canvas_normalisation(d, train_items.images)
-  model = models.build_model(flat.model, network.num_classes, platform)
+  net = kernel.Inference(models.build_model(flat.model, network.num_classes, platform))
   render = pipeline.render_fn(d, network.mean, network.std, flat.model.dtype, platform)
-  variables = [jax.device_put(v, sharding.replicated(mesh)) for v in network.variables]
+  variables = jax.device_put(network.variables, sharding.replicated(mesh))
   directory = workdir / "tests" / TEST
   record = diagnostics.invariance_test(
-      lambda v, x: model.apply(v, x, train=False), variables, item_set, items, flat=flat,
-      render=render, mesh=mesh, directory=directory, seeds=network.seeds,
+      net, variables, item_set, items, flat=flat, render=render, mesh=mesh,
+      directory=directory, seeds=network.seeds,
       labelled=network.num_classes == item_set.num_classes, title=f"diagnose {flat.model.name}")
   record.update({"test": TEST, "kind": "invariance", "dataset": d.dataset, "split": config.split,
                  "network": flat.model.name, "origin": network.origin,

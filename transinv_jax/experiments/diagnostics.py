@@ -23,16 +23,16 @@ import contextlib
 import dataclasses
 import pathlib
 import warnings
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
 
-from transinv_jax import invariance, plots, similarity
+from transinv_jax import invariance, kernel, plots, similarity
 from transinv_jax import workdir as workdir_lib
-from transinv_jax.data import locations, sources
+from transinv_jax.data import canvas, locations, sources
 from transinv_jax.train import Items
 
 # Scalars of invariance.summarise (and consistency) reported with mean, std and per-seed values.
@@ -54,22 +54,22 @@ def path_base(canvas_size: int, item_size: int, kind: str, length: int) -> tuple
   return {"x": (start, centre), "y": (centre, start), "diagonal": (start, start)}[kind]
 
 
-def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
-                    item_set: sources.ItemSet, items: Items, *, flat: ml_collections.ConfigDict,
-                    render: Callable, mesh, directory: pathlib.Path, seeds: Sequence[int],
-                    labelled: bool, title: str) -> dict:
+def invariance_test(net: kernel.Network, variables: Any, item_set: sources.ItemSet,
+                    items: Items, *, flat: ml_collections.ConfigDict, render: canvas.Renderer,
+                    mesh, directory: pathlib.Path, seeds: Sequence[int], labelled: bool,
+                    title: str) -> dict:
   """Measures one network's invariance (each seed) and writes ``invariance.npz`` and figures.
 
   Args:
-    apply_fn: ``(variables, x) -> (logits, intermediates)`` in inference mode.
-    variables_per_seed: one variables tree per seed.
+    net: ``(variables, x) -> (logits, intermediates)`` in inference mode (``kernel.Inference``).
+    variables: the network's variables stacked over seeds, every leaf [S, ...].
     item_set: the items on the host (class names, count).
     items: the same items on the device.
     flat: the test's flat config (``data`` and ``eval``; see ``config_checks``).
-    render: ``(images, centres) -> model input`` with the network's normalisation.
+    render: composes model input from items and centres, with the network's normalisation.
     mesh: the device mesh.
     directory: the test's folder.
-    seeds: the seed of each variables tree.
+    seeds: the seed of each of the S networks.
     labelled: whether the items' classes are the network's outputs; if not, each item's
       reference class is the network's top-1 at the start of the path.
     title: figure title prefix.
@@ -98,37 +98,34 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
   chosen = np.sort(first_of_class)
   similar_items = Items(images=items.images[chosen], labels=items.labels[chosen])
 
-  per_seed, path_runs, diagonal_runs, agreements, similarities = [], [], [], [], []
-  for seed, variables in zip(seeds, variables_per_seed):
-    logging.info("invariance: seed %d: %d items, %d shifts along %s", seed, items.num_items,
-                 len(shifts), ev.shift_path)
-    run = invariance.shift_responses(apply_fn, variables, items, render=render, base_centre=base,
-                                     shifts=shifts, canvas_size=d.canvas_size,
-                                     shifts_per_chunk=ev.shifts_per_chunk, mesh=mesh)
-    num_classes = run.probs.shape[-1]
-    if not labelled:  # the network's own answer at the start of the path is the reference
-      run = dataclasses.replace(run, labels=run.predictions[:, 0].astype(np.int32))
-    top = min(ev.top, num_classes - 1) if num_classes > 1 else 1
-    summary = invariance.summarise(run, top=top, activity_threshold=ev.activity_threshold,
-                                   tolerance=ev.shift_tolerance)
-    diag = invariance.shift_responses(apply_fn, variables, items, render=render,
-                                      base_centre=diagonal_base, shifts=diagonal, layers=[],
-                                      canvas_size=d.canvas_size,
-                                      shifts_per_chunk=ev.shifts_per_chunk, mesh=mesh)
-    reference = diag.labels if labelled else diag.predictions[:, 0]
-    diagonal_runs.append(invariance.correct_probability(diag.probs, reference))
-    pairs = invariance.consistency(
-        apply_fn, variables, items, jax.random.key(flat.seed), render=render,
-        canvas_size=d.canvas_size, item_size=d.item_size, base_centre=consistency_base,
-        max_offset=ev.consistency_offset, pairs_per_item=ev.consistency_pairs,
-        mode=ev.consistency_mode, items_per_batch=ev.items_per_batch, mesh=mesh)
-    summary["consistency"] = pairs.rate
-    agreements.append(pairs.agreement)
-    similarities.append(similarity.cosine_similarity(
-        apply_fn, variables, similar_items, render=render, base_centre=leftmost,
-        centres=displaced, mesh=mesh))
-    per_seed.append(summary)
-    path_runs.append(run)
+  logging.info("invariance: %d seed(s), %d items, %d shifts along %s", len(seeds),
+               items.num_items, len(shifts), ev.shift_path)
+  path = invariance.shift_responses(net, variables, items, render=render, base_centre=base,
+                                    shifts=shifts, shifts_per_chunk=ev.shifts_per_chunk,
+                                    mesh=mesh)
+  path_runs = [path.seed(s) for s in range(len(seeds))]
+  if not labelled:  # the network's own answer at the start of the path is the reference
+    path_runs = [dataclasses.replace(r, labels=r.predictions[:, 0].astype(np.int32))
+                 for r in path_runs]
+  num_classes = path.probs.shape[-1]
+  top = min(ev.top, num_classes - 1) if num_classes > 1 else 1
+  per_seed = [invariance.summarise(r, top=top, activity_threshold=ev.activity_threshold,
+                                   tolerance=ev.shift_tolerance) for r in path_runs]
+  diag = invariance.shift_responses(net, variables, items, render=render,
+                                    base_centre=diagonal_base, shifts=diagonal, layers=[],
+                                    shifts_per_chunk=ev.shifts_per_chunk, mesh=mesh)
+  reference = diag.labels if labelled else diag.predictions[:, :, 0]
+  diagonal_runs = invariance.correct_probability(diag.probs, reference)        # [S, I, P]
+  pairs = invariance.consistency(
+      net, variables, items, jax.random.key(flat.seed), render=render,
+      base_centre=consistency_base, max_offset=ev.consistency_offset,
+      pairs_per_item=ev.consistency_pairs, mode=ev.consistency_mode,
+      items_per_batch=ev.items_per_batch, mesh=mesh)
+  for summary, rate in zip(per_seed, pairs.rate):
+    summary["consistency"] = float(rate)
+  similarities = similarity.cosine_similarity(
+      net, variables, similar_items, render=render, base_centre=leftmost, centres=displaced,
+      mesh=mesh)
 
   first = path_runs[0]
   layers = first.layers
@@ -140,7 +137,7 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
                        for s in per_seed])                                     # [S, L]
   equivariance = np.array([[np.nan if v is None else v for v in s["equivariance_error"]]
                            for s in per_seed])                                 # [S, L]
-  sim = np.stack([r.mean for r in similarities])                               # [S, L2, D]
+  sim = similarities.seed_mean                                                 # [S, L2, D]
   if workdir_lib.is_writer():
     with _quiet():
       equivariance_by_shift = np.stack([[np.nanmean(r.equivariance[n], 0) for n in layers]
@@ -151,18 +148,17 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
         strides=np.array([first.strides.get(n, 0) for n in layers]),
         labels=np.stack([r.labels for r in path_runs]),
         correct_probability=np.stack([r.correct_probability for r in path_runs]),
-        predictions=np.stack([r.predictions for r in path_runs]),
+        predictions=path.predictions,
         nonshiftability=nonshift, equivariance_error=equivariance,
         equivariance_by_shift=equivariance_by_shift, feature_layer=np.array(feature_layer),
-        feature_sums=np.stack([r.sums[feature_layer] for r in path_runs]),
+        feature_sums=path.sums[feature_layer],
         diagonal_offsets=diagonal_offsets,
-        diagonal_probability=np.stack(diagonal_runs),
-        consistency_agreement=np.stack(agreements),
-        similarity_layers=np.array(similarities[0].layers),
-        similarity_displacements=similarities[0].displacements, similarity=sim)
+        diagonal_probability=diagonal_runs, consistency_agreement=pairs.agreement,
+        similarity_layers=np.array(similarities.layers),
+        similarity_displacements=similarities.displacements, similarity=sim)
     _figures(directory, title, first, feature_layer, offsets, diagonal_offsets,
-             np.stack(diagonal_runs), layers, nonshift, equivariance, similarities[0].layers,
-             sim, int(similarities[0].displacements[-1]), ev.shift_path)
+             diagonal_runs, layers, nonshift, equivariance, similarities.layers, sim,
+             int(similarities.displacements[-1]), ev.shift_path)
 
   record = {"test_items": int(items.num_items), "num_classes": item_set.num_classes,
             "reference_class": "label" if labelled else "top-1 at the start of the path",
@@ -179,8 +175,8 @@ def invariance_test(apply_fn: Callable, variables_per_seed: Sequence[Any],
             "equivariance_error_std": _per_layer(equivariance, np.nanstd),
             "feature_layer": feature_layer,
             "diagonal_probability": np.mean(diagonal_runs, axis=(0, 1)).tolist(),
-            "similarity_layers": similarities[0].layers,
-            "similarity_displacements": similarities[0].displacements.tolist(),
+            "similarity_layers": similarities.layers,
+            "similarity_displacements": similarities.displacements.tolist(),
             "similarity_at_largest_displacement": sim[:, :, -1].mean(0).tolist()}
   for key in SCALARS:
     values = stack(key)

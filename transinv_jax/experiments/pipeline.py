@@ -1,6 +1,6 @@
 """The staged pipeline: train each needed stage once (pretrain -> fine-tune), then run the tests.
 
-config -> stages (items on the device, canvases made there, seeds trained together) -> tests
+config -> stages (items on the device, canvases made there, seeds trained side by side) -> tests
 (shift sweep or cosine similarity per seed) -> tables and figures -> files:
 
   config.json                 the resolved config (a rerun must match it)
@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from transinv_jax import checkpoints, config_checks, evaluate, finetune, models, plots
+from transinv_jax import checkpoints, config_checks, evaluate, finetune, kernel, models, plots
 from transinv_jax import preemption, sharding, similarity, train
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import canvas, locations, sources
@@ -152,6 +152,9 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks the whole pipeline before any file is written: every stage and test config."""
   _require = config_checks.require
   _require(len(config.tests) > 0, "config.tests is empty: nothing to run")
+  _require(config.get("seeds_mode", "sequential") in train.SEEDS_MODES,
+           f"config.seeds_mode={config.get('seeds_mode')!r}: use one of "
+           f"{', '.join(train.SEEDS_MODES)} (sequential is the fast one on GPU and TPU)")
   if config.data.dataset:
     _require(config.data.dataset in sources.DATASETS,
              f"config.data.dataset={config.data.dataset!r} is not a known dataset; use one of "
@@ -314,11 +317,10 @@ def canvas_normalisation(data: ml_collections.ConfigDict,
 
 
 def render_fn(data: ml_collections.ConfigDict, mean: np.ndarray, std: np.ndarray, dtype: str,
-              platform: str) -> train.RenderFn:
+              platform: str) -> canvas.Renderer:
   """``(images, centres) -> model input`` on ``data``'s canvas with this normalisation."""
-  return functools.partial(
-      canvas.render, canvas_size=data.canvas_size, mean=jnp.asarray(mean), std=jnp.asarray(std),
-      channels=data.channels, dtype=models.compute_dtype(dtype, platform))
+  return canvas.Renderer(data.canvas_size, mean, std, data.channels,
+                         models.compute_dtype(dtype, platform))
 
 
 def make_sampler(data: ml_collections.ConfigDict, num_classes: int) -> locations.Sampler:
@@ -355,10 +357,10 @@ class Pipeline:
     self.config, self.workdir, self.mesh = config, workdir, mesh
     self.stage_dir = pathlib.Path(config.stage_dir) if config.stage_dir else workdir / "stages"
     self.seeds = [config.seed + i for i in range(config.num_seeds)]
-    self.multi = len(self.seeds) > 1
     self.platform = jax.default_backend()
     self._stages: dict[str, TrainedStage] = {}
     self._items: dict[tuple, tuple[sources.ItemSet, train.Items]] = {}
+    self._nets: dict[tuple, kernel.Inference] = {}  # see _net
     self.order = stage_order(config)
     self.progress = {"stages_total": len(self.order), "tests_total": len(config.tests),
                      "stages_done": 0, "tests_done": 0}
@@ -383,11 +385,6 @@ class Pipeline:
   def _render(self, data, mean, std):
     return render_fn(data, mean, std, self.config.model.dtype, self.platform)
 
-  def per_seed(self, variables) -> list:
-    if not self.multi:
-      return [variables]
-    return [jax.tree.map(lambda x, i=i: x[i], variables) for i in range(len(self.seeds))]
-
   # -- stages
 
   def stage(self, name: str) -> TrainedStage:
@@ -405,8 +402,7 @@ class Pipeline:
         logging.warning("stage %s: %s; finishing the stage again from its checkpoints", name, e)
         summary = None
     if summary is not None:
-      variables = (jax.tree.map(lambda *xs: np.stack(xs), *variables) if self.multi
-                   else variables[0])
+      variables = jax.tree.map(lambda *xs: np.stack(xs), *variables)
       logging.info("stage %s: finished earlier, loaded from %s", name, directory)
       result = TrainedStage(jax.device_put(variables, sharding.replicated(self.mesh)),
                             np.asarray(summary["mean"], np.float32),
@@ -424,10 +420,10 @@ class Pipeline:
     d, t = flat.data, flat.train
     train_set, train_items = self.items(d, "train", d.max_train_items)
     model = models.build_model(flat.model, train_set.num_classes, self.platform)
-    init_key, data_key = (jnp.stack(keys) if self.multi else keys[0] for keys in
-                          zip(*(jax.random.split(jax.random.key(s)) for s in self.seeds)))
+    init_keys, data_keys = (jnp.stack(keys) for keys in
+                            zip(*(jax.random.split(jax.random.key(s)) for s in self.seeds)))
     policy = finetune_policy(self.config, name) if parent is not None else "all"
-    state = train.create_train_state(model, init_key, (d.canvas_size, d.canvas_size, d.channels),
+    state = train.create_train_state(model, init_keys, (d.canvas_size, d.canvas_size, d.channels),
                                      t.learning_rate, self.mesh,
                                      trainable=finetune.trainable(policy))
     if parent is not None:
@@ -439,7 +435,7 @@ class Pipeline:
                             batch_stats=variables.get("batch_stats", state.batch_stats))
     elif flat.model.pretrained:
       variables = pretrained.load_pretrained(flat.model.pretrained, flat.model.name,
-                                             jax.device_get(state.variables), seeds=self.multi)
+                                             jax.device_get(state.variables))
       variables = jax.device_put(variables, sharding.replicated(self.mesh))
       state = state.replace(params=variables["params"],
                             batch_stats=variables.get("batch_stats", state.batch_stats))
@@ -453,17 +449,18 @@ class Pipeline:
           "untrained": entry.untrained, "config": _as_dict(flat)})
     index = self.order.index(name) + 1
     if entry.untrained:
-      result = train.TrainResult(state=state, stop_reason="untrained", steps=0,
-                                 final_train_accuracy=None, seconds=0.0)
-      reasons, steps, accuracy = ["untrained"] * len(self.seeds), [0] * len(self.seeds), None
+      result = train.TrainResult(state=state, stop_reason=["untrained"] * len(self.seeds),
+                                 steps=[0] * len(self.seeds),
+                                 final_train_accuracy=[None] * len(self.seeds),
+                                 seconds=0.0)
     else:
-      result = self._run_training(name, index, flat, state, train_items, data_key,
+      result = self._run_training(name, index, flat, state, train_items, data_keys,
                                   train_set.num_classes, mean, std, directory)
-      as_list = lambda v: v if self.multi else [v]
-      reasons, steps = as_list(result.stop_reason), as_list(result.steps)
-      accuracy = as_list(result.final_train_accuracy)
-    for seed, variables in zip(self.seeds, self.per_seed(result.state.variables)):
-      checkpoints.export_variables(directory / "export" / f"seed{seed}", variables, _as_dict(flat))
+    reasons, steps, accuracy = result.stop_reason, result.steps, result.final_train_accuracy
+    for i, seed in enumerate(self.seeds):
+      checkpoints.export_variables(directory / "export" / f"seed{seed}",
+                                   kernel.seed_variables(result.state.variables, i),
+                                   _as_dict(flat))
     summary = {"stage": name, "key": directory.name, "parent": entry.parent,
                "dataset": d.dataset, "train_location": d.train_location, "seeds": self.seeds,
                "stop_reason": reasons, "steps": steps, "final_train_accuracy": accuracy,
@@ -475,7 +472,7 @@ class Pipeline:
     return TrainedStage(result.state.variables, np.asarray(mean), np.asarray(std),
                         train_set.num_classes, summary)
 
-  def _run_training(self, name, index, flat, state, train_items, data_key, num_classes,
+  def _run_training(self, name, index, flat, state, train_items, data_keys, num_classes,
                     mean, std, directory) -> train.TrainResult:
     d, t = flat.data, flat.train
     ckpts = checkpoints.Checkpoints(directory / "checkpoints")
@@ -515,10 +512,11 @@ class Pipeline:
                  d.dataset, d.train_location, len(self.seeds))
     try:
       result = train.train_loop(
-          state, train_items, data_key,
+          state, train_items, data_keys,
           stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps),
           log_every=t.log_every, scan_steps=t.scan_steps, on_metrics=on_metrics,
-          on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every, seeds=self.multi,
+          on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every,
+          seeds_mode=self.config.get("seeds_mode", "sequential"),
           should_stop=preemption.requested, render=self._render(d, mean, std),
           sampler=make_sampler(d, num_classes), batch_size=t.batch_size, mesh=self.mesh)
     except train.StopRequested as e:
@@ -578,46 +576,48 @@ class Pipeline:
           "stage trained (or fine-tuned) on this dataset")
     return item_set, items
 
+  def _net(self, flat, num_classes: int) -> kernel.Inference:
+    """The network of ``flat.model`` in inference mode, one object per architecture and run: the
+    compiled evaluation kernels are cached on it, so every test and seed reuses them."""
+    architecture = {k: v for k, v in flat.model.to_dict().items() if k != "pretrained"}
+    key = (json.dumps(architecture, sort_keys=True), num_classes, self.platform)
+    if key not in self._nets:
+      self._nets[key] = kernel.Inference(
+          models.build_model(flat.model, num_classes, self.platform))
+    return self._nets[key]
+
   def _sweep(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
     test_set, test_items = self._test_items(flat, trained, name)
-    model = models.build_model(flat.model, trained.num_classes, self.platform)
     axis = test_axes(flat)
-    classify = lambda variables, x: model.apply(variables, x, train=False)[0]
-    sweeps = [evaluate.shift_sweep(
-        variables, test_items, locations.grid_centres(axis, axis), classify=classify,
-        render=self._render(flat.data, trained.mean, trained.std),
-        num_classes=test_set.num_classes, mesh=self.mesh,
-        items_per_batch=flat.eval.items_per_batch,
-        centres_per_chunk=flat.eval.centres_per_chunk)
-        for variables in self.per_seed(trained.variables)]
+    sweep = evaluate.shift_sweep(
+        self._net(flat, trained.num_classes), trained.variables, test_items,
+        locations.grid_centres(axis, axis),
+        render=self._render(flat.data, trained.mean, trained.std), mesh=self.mesh,
+        items_per_batch=flat.eval.items_per_batch, centres_per_chunk=flat.eval.centres_per_chunk)
     stage_data = stage_config(self.config, entry.stage).data
-    return write_sweep(directory, sweeps, self.seeds, axis, test_set, flat.data.canvas_size,
+    return write_sweep(directory, sweep, self.seeds, axis, test_set, flat.data.canvas_size,
                        trained_centre(stage_data), title=f"{self.config.experiment} {name}")
 
   def _similarity(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
     # Any network's layers can be compared on any items: the output layer is not used.
     test_set, test_items = self._test_items(flat, trained, name, same_classes=False)
-    model = models.build_model(flat.model, trained.num_classes, self.platform)
     d = flat.data
     base = locations.leftmost_centred_centre(d.canvas_size, d.item_size)
     axis = test_axes(flat)
     centres = np.stack([axis, np.full_like(axis, base[1])], -1).astype(np.int32)
     chosen = similarity.pick_items(test_items, test_set.num_classes,
                                    flat.eval.similarity_items_per_class)
-    apply_fn = lambda variables, x: model.apply(variables, x, train=False)
-    results = [similarity.cosine_similarity(
-        apply_fn, variables, chosen, render=self._render(d, trained.mean, trained.std),
-        base_centre=base, centres=centres) for variables in self.per_seed(trained.variables)]
-    layers = results[0].layers
-    means = np.stack([r.mean for r in results])                            # [S, L, D]
+    result = similarity.cosine_similarity(
+        self._net(flat, trained.num_classes), trained.variables, chosen,
+        render=self._render(d, trained.mean, trained.std), base_centre=base, centres=centres)
+    layers, means = result.layers, result.seed_mean                        # [S, L, D]
     if workdir_lib.is_writer():
       workdir_lib.write_npz_atomic(
           directory / "similarity.npz", layers=np.array(layers), centres=centres,
-          displacements=results[0].displacements, seeds=np.array(self.seeds), seed_mean=means,
-          mean=means.mean(0), std=means.std(0),
-          per_item=np.stack([r.per_item for r in results]))
+          displacements=result.displacements, seeds=np.array(self.seeds), seed_mean=means,
+          mean=result.mean, std=result.std, per_item=result.per_item)
     penultimate = layers.index("pre_logits") if "pre_logits" in layers else len(layers) - 1
-    return {"layers": layers, "displacements": results[0].displacements.tolist(),
+    return {"layers": layers, "displacements": result.displacements.tolist(),
             "penultimate": layers[penultimate],
             "penultimate_similarity": means[:, penultimate].mean(0).tolist(),
             "penultimate_similarity_std": means[:, penultimate].std(0).tolist(),
@@ -627,21 +627,17 @@ class Pipeline:
   def _accuracy(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
     del directory  # the record is the whole result
     item_set, items = self._test_items(flat, trained, name)
-    model = models.build_model(flat.model, trained.num_classes, self.platform)
-    classify = lambda variables, x: model.apply(variables, x, train=False)[0]
     # One fixed placement key for every seed and rerun: the same canvases for every network.
-    key = jax.random.key(flat.seed)
-    counts = [evaluate.placed_accuracy(
-        variables, items, key, classify=classify,
+    correct, totals = evaluate.placed_accuracy(
+        self._net(flat, trained.num_classes), trained.variables, items, jax.random.key(flat.seed),
         render=self._render(flat.data, trained.mean, trained.std),
-        sampler=make_sampler(flat.data, item_set.num_classes), num_classes=item_set.num_classes,
-        mesh=self.mesh, items_per_batch=flat.eval.items_per_batch)
-        for variables in self.per_seed(trained.variables)]
-    accuracy = np.array([c.sum() / t.sum() for c, t in counts])
+        sampler=make_sampler(flat.data, item_set.num_classes), mesh=self.mesh,
+        items_per_batch=flat.eval.items_per_batch)
+    accuracy = correct.sum(-1) / totals.sum()                              # [S]
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", RuntimeWarning)
-      per_class = np.mean([c / t for c, t in counts], axis=0)
-    return {"split": _split(entry), "test_items": int(counts[0][1].sum()),
+      per_class = (correct / totals).mean(0)
+    return {"split": _split(entry), "test_items": int(totals.sum()),
             "num_classes": item_set.num_classes, "chance": 1 / item_set.num_classes,
             "train_location": flat.data.train_location, "accuracy": float(accuracy.mean()),
             "accuracy_std": float(accuracy.std()), "accuracy_per_seed": accuracy.tolist(),
@@ -649,10 +645,8 @@ class Pipeline:
 
   def _invariance(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
     item_set, items = self._test_items(flat, trained, name, same_classes=False)
-    model = models.build_model(flat.model, trained.num_classes, self.platform)
     return diagnostics.invariance_test(
-        lambda variables, x: model.apply(variables, x, train=False),
-        self.per_seed(trained.variables), item_set, items, flat=flat,
+        self._net(flat, trained.num_classes), trained.variables, item_set, items, flat=flat,
         render=self._render(flat.data, trained.mean, trained.std), mesh=self.mesh,
         directory=directory, seeds=self.seeds, labelled=item_set.num_classes == trained.num_classes,
         title=f"{self.config.experiment} {name}")
@@ -669,14 +663,14 @@ class Pipeline:
     return summary
 
 
-def write_sweep(directory: pathlib.Path, sweeps: list[evaluate.SweepResult], seeds: list[int],
+def write_sweep(directory: pathlib.Path, sweep: evaluate.SweepResult, seeds: list[int],
                 axis: np.ndarray, test_set: sources.ItemSet, canvas_size: int,
                 trained: tuple[int, int] | None, title: str) -> dict:
   """Writes sweep.npz and the heatmaps (of the mean over seeds); returns the test's record.
 
   Args:
     directory: the test's folder.
-    sweeps: one sweep per seed, over the ``axis`` x ``axis`` grid.
+    sweep: the sweep of every seed's network over the ``axis`` x ``axis`` grid.
     seeds: the seeds.
     axis: the tested centres along each axis.
     test_set: the test items (class names).
@@ -689,16 +683,15 @@ def write_sweep(directory: pathlib.Path, sweeps: list[evaluate.SweepResult], see
     trained location, along its row, and per class.
   """
   n, k = len(axis), test_set.num_classes
-  seed_accuracy = np.stack([s.accuracy.reshape(n, n) for s in sweeps])          # [S, n, n]
+  seed_accuracy = sweep.accuracy.reshape(-1, n, n)                              # [S, n, n]
   accuracy = seed_accuracy.mean(0)
-  seed_class = np.stack([s.class_accuracy.reshape(n, n, k) for s in sweeps])     # [S, n, n, k]
-  class_accuracy = seed_class.mean(0)
-  normalised = np.stack([s.normalised_accuracy.reshape(n, n) for s in sweeps])
+  class_accuracy = sweep.class_accuracy.reshape(-1, n, n, k).mean(0)             # [n, n, k]
+  normalised = sweep.normalised_accuracy.reshape(-1, n, n)
   if workdir_lib.is_writer():
     workdir_lib.write_npz_atomic(
-        directory / "sweep.npz", xs=axis, ys=axis, centres=sweeps[0].centres,
-        seeds=np.array(seeds), correct=np.stack([s.correct for s in sweeps]),
-        totals=sweeps[0].totals, accuracy=accuracy, accuracy_std=seed_accuracy.std(0),
+        directory / "sweep.npz", xs=axis, ys=axis, centres=sweep.centres,
+        seeds=np.array(seeds), correct=sweep.correct, totals=sweep.totals, accuracy=accuracy,
+        accuracy_std=seed_accuracy.std(0),
         seed_accuracy=seed_accuracy, class_accuracy=class_accuracy,
         normalised_accuracy=normalised.mean(0), class_names=np.array(test_set.class_names),
         trained_centre=np.array(trained if trained else (-1, -1)))
@@ -713,7 +706,7 @@ def write_sweep(directory: pathlib.Path, sweeps: list[evaluate.SweepResult], see
     plots.class_heatmaps(class_accuracy, axis, axis, test_set.class_names,
                          str(directory / "heatmap_per_class.png"),
                          title=f"{title}: accuracy per class{over}", trained=trained)
-  record = {"grid": [n, n], "test_items": int(sweeps[0].totals.sum()),
+  record = {"grid": [n, n], "test_items": int(sweep.totals.sum()),
             "num_classes": k, "chance": 1 / k,
             "trained_centre": list(trained) if trained else None}
   figures = {"mean_accuracy": seed_accuracy.mean((1, 2)),
@@ -765,7 +758,8 @@ def check_inputs(pipeline: Pipeline) -> None:
       model = models.build_model(flat.model, train_set.num_classes, pipeline.platform)
       d = flat.data
       target = pretrained.abstract_target(model, (1, d.canvas_size, d.canvas_size, d.channels))
-      pretrained.load_pretrained(flat.model.pretrained, flat.model.name, target)
+      pretrained.load_pretrained(flat.model.pretrained, flat.model.name,
+                                 jax.tree.map(lambda x: x[None], target))  # one seed shows the fit
   for name in config.tests:
     flat = test_config(config, name)
     pipeline.items(flat.data, _split(config.tests[name]), _test_max_items(config, name, flat))

@@ -98,7 +98,8 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
         stages=vgg.STAGES[config.name], num_classes=num_classes, width=config.width,
         dropout_rate=config.dropout, head=head or "classifier",
         conv=functools.partial(conv, kernel_size=3),
-        padding_overrides=parse_overrides(config.padding_overrides),
+        # Pairs, not a dict: a hashable module can key caches of compiled programs.
+        padding_overrides=tuple(sorted(parse_overrides(config.padding_overrides).items())),
         norm=resnet.BatchNorm if config.batch_norm else None, pool=vgg_pool(config),
         dtype=dtype)
   if config.name in RESNETS:
