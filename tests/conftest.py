@@ -8,8 +8,12 @@ the tests start (``subprocess_env``): on 2 CPU cores it cuts parameter-init comp
 It changes random values, not their meaning; the product keeps JAX's default.
 """
 
+import collections
+import contextlib
+import logging
 import os
 import pathlib
+import re
 import sys
 
 import jax
@@ -78,3 +82,32 @@ def read_test_record(workdir, name: str | None = None) -> dict:
   folders = sorted(p for p in (pathlib.Path(workdir) / "tests").iterdir())
   folder = pathlib.Path(workdir) / "tests" / name if name else folders[0]
   return json.loads((folder / "result.json").read_text())
+
+
+class _Compiles(logging.Handler):
+  """Counts "Finished XLA compilation of jit(<name>)" records by name."""
+
+  def __init__(self):
+    super().__init__()
+    self.names = collections.Counter()
+
+  def emit(self, record):
+    found = re.search(r"Finished XLA compilation of jit\((\w+)\)", record.getMessage())
+    if found:
+      self.names[found[1]] += 1
+
+
+@contextlib.contextmanager
+def count_compiles():
+  """Yields a Counter of the programs XLA compiles inside, with the persistent cache off (a
+  program it served would not be compiled, and not counted)."""
+  handler, logger = _Compiles(), logging.getLogger("jax")
+  cache_dir = jax.config.jax_compilation_cache_dir
+  jax.config.update("jax_compilation_cache_dir", None)
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles():
+      yield handler.names
+  finally:
+    logger.removeHandler(handler)
+    jax.config.update("jax_compilation_cache_dir", cache_dir)

@@ -1,15 +1,12 @@
 """The evaluation kernel: even chunks, memory-sized chunks, and one compile per program."""
 
-import collections
-import contextlib
-import logging
-import re
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from conftest import count_compiles
 from transinv_jax import evaluate, invariance, kernel, models, sharding, similarity
 from transinv_jax.data import canvas, locations
 from transinv_jax.train import Items
@@ -62,35 +59,6 @@ def test_auto_chunk_falls_back_on_cpu_and_divides_free_memory(monkeypatch):
   assert kernel.auto_chunk(run, args, num_points=3, fallback=19) == 3
 
 
-class _Compiles(logging.Handler):
-  """Counts "Finished XLA compilation of jit(<name>)" records by name."""
-
-  def __init__(self):
-    super().__init__()
-    self.names = collections.Counter()
-
-  def emit(self, record):
-    found = re.search(r"Finished XLA compilation of jit\((\w+)\)", record.getMessage())
-    if found:
-      self.names[found[1]] += 1
-
-
-@contextlib.contextmanager
-def _count_compiles():
-  """Yields a Counter of the programs XLA compiles inside, with the persistent cache off (a
-  program it served would not be compiled, and not counted)."""
-  handler, logger = _Compiles(), logging.getLogger("jax")
-  cache_dir = jax.config.jax_compilation_cache_dir
-  jax.config.update("jax_compilation_cache_dir", None)
-  logger.addHandler(handler)
-  try:
-    with jax.log_compiles():
-      yield handler.names
-  finally:
-    logger.removeHandler(handler)
-    jax.config.update("jax_compilation_cache_dir", cache_dir)
-
-
 def _evaluate_everything(net, variables, items, render, mesh):
   """Every evaluation, each in several chunks or batches; returns each one's seeds axis."""
   centres = locations.grid_centres(np.array([4, 10, 16, 22, 28]), np.array([4, 16, 28]))
@@ -128,14 +96,14 @@ def test_evaluation_compiles_once_whatever_the_seeds():
   render, mesh = canvas.Renderer(32, 0.1, 0.3, 3), sharding.make_mesh()
 
   # A network object of its own for each run, so that each compiles its kernels afresh.
-  with _count_compiles() as with_one:
+  with count_compiles() as with_one:
     assert _evaluate_everything(kernel.Inference(model), one, items, render, mesh) == [1] * 5
   net = kernel.Inference(model)
-  with _count_compiles() as with_three:
+  with count_compiles() as with_three:
     assert _evaluate_everything(net, three, items, render, mesh) == [3] * 5
   # One program each: the sweep, placed accuracy, consistency, and the base and the chunks of
   # the similarity and of the invariance responses; not one per seed, chunk or batch.
   assert with_one["evaluation_kernel"] == with_three["evaluation_kernel"] == 7
-  with _count_compiles() as again:
+  with count_compiles() as again:
     _evaluate_everything(net, three, items, render, mesh)
   assert not again, again  # a second call of everything compiles nothing at all

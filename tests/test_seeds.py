@@ -1,7 +1,6 @@
 """Seeds trained side by side: every seeds mode gives each seed the run it would have alone."""
 
 import functools
-
 import json
 
 import jax
@@ -9,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import count_compiles, only_result, tiny_config
 from transinv_jax import models, sharding, train
 from transinv_jax.data import canvas, locations
 
@@ -101,12 +101,15 @@ def test_a_stopped_seed_is_no_longer_dispatched():
 
 
 def test_exp1_with_repetitions(tmp_path, shared_data_dir):
-  from conftest import only_result, tiny_config  # pylint: disable=g-import-not-at-top
+  """Three seeds through the whole pipeline: per-seed results, the middle seed equal to its run
+  alone, and every program compiled as often as for one seed (once per run, whatever the seeds)."""
   from transinv_jax.experiments import pipeline  # pylint: disable=g-import-not-at-top
   config = tiny_config()
   config.num_seeds = 3
   config.seed = 4
-  summary = only_result(pipeline.run(config, str(tmp_path / "together")))
+  jax.clear_caches()
+  with count_compiles() as three_seeds:
+    summary = only_result(pipeline.run(config, str(tmp_path / "together")))
   record = json.loads((tmp_path / "together" / "tests" / "vanilla_mnist" / "result.json")
                       .read_text())
   assert record["seeds"] == [4, 5, 6] and len(record["stage_stop_reason"]) == 3
@@ -122,8 +125,12 @@ def test_exp1_with_repetitions(tmp_path, shared_data_dir):
     assert (stage / "export" / f"seed{seed}" / "variables.npz").is_file()
   # The middle seed alone gives the same run (up to float summation order).
   config.num_seeds, config.seed = 1, 5
-  pipeline.run(config, str(tmp_path / "alone"))
+  jax.clear_caches()
+  with count_compiles() as one_seed:
+    pipeline.run(config, str(tmp_path / "alone"))
   alone = json.loads((tmp_path / "alone" / "tests" / "vanilla_mnist" / "result.json")
                      .read_text())
   assert alone["stage_steps"] == [record["stage_steps"][1]]
   assert abs(alone["accuracy_at_trained_location"] - per_seed[1]) <= 0.05
+  assert three_seeds == one_seed and three_seeds["train_steps"] == 1, (three_seeds, one_seed)
+  assert three_seeds["evaluation_kernel"] == 1

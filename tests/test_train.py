@@ -41,8 +41,8 @@ def setup():
 def run(state, setup_, stop, *, log_every=5, checkpoint_every=1000, on_checkpoint=None):
   items, _, step_kwargs = setup_
   records = []
-  result = train.train_loop(state, items, jax.random.key(1)[None], log_every=log_every, scan_steps=1,
-                            on_metrics=records.append,
+  result = train.train_loop(state, items, jax.random.key(1)[None], log_every=log_every,
+                            scan_steps=1, on_metrics=records.append,
                             on_checkpoint=on_checkpoint or (lambda s: None),
                             checkpoint_every=checkpoint_every, stop=stop, **step_kwargs)
   return result, records
