@@ -121,6 +121,7 @@ def peer_condition(config, stage_name: str, test_name: str, path: pathlib.Path) 
           "centres": locations.grid_centres(axis, axis).tolist(),
           "learning_rate": t.learning_rate, "batch": t.batch_size, "max_steps": t.max_steps,
           "stop_accuracy": t.stop_accuracy, "stop_window": t.stop_window,
+          "stop_block": t.stop_block,
           "log_every": t.log_every}
   np.savez(path, spec=np.array(json.dumps(spec)), train_images=train_set.images,
            train_labels=train_set.labels, test_images=test_set.images,
@@ -196,7 +197,8 @@ def main():
             "canvas": trained.data.canvas_size, "item": trained.data.item_size,
             "batch": trained.train.batch_size, "max_steps": trained.train.max_steps,
             "stop_rule": {"accuracy": trained.train.stop_accuracy,
-                          "window": trained.train.stop_window}}
+                          "window": trained.train.stop_window,
+                          "block": trained.train.stop_block}}
   with tempfile.TemporaryDirectory() as tmp:
     tmp = pathlib.Path(tmp)
     if args.peer:  # written before either side runs; not timed

@@ -187,6 +187,7 @@ def end_to_end(args):
                                np.asarray([spec["trained_centre"]]), draws,
                                np.zeros_like(draws), mean, std)
     streak, steps, reason, accuracies = 0, 0, "max_steps", []
+    block = spec.get("stop_block", 1)
     model.train()
     for images, labels in loader(train_set, batch):
       images = images.to(device, non_blocking=True).to(memory_format=torch.channels_last)
@@ -197,10 +198,13 @@ def end_to_end(args):
       optimiser.zero_grad(set_to_none=True)
       loss.backward()
       optimiser.step()
-      # The stop rule reads every step's batch accuracy on the host, as the authors' loop does.
+      # The stop rule reads every step's batch accuracy on the host, as the authors' loop does,
+      # and checks the mean of each block of steps (train.StopRule).
       accuracies.append((logits.argmax(1) == labels).float().mean().item())
       steps += 1
-      streak = streak + 1 if accuracies[-1] >= spec["stop_accuracy"] else 0
+      if steps % block == 0:
+        block_mean = sum(accuracies[-block:]) / block
+        streak = streak + block if block_mean >= spec["stop_accuracy"] else 0
       if spec["stop_window"] > 0 and streak >= spec["stop_window"]:
         reason = "accuracy"
         break

@@ -13,7 +13,10 @@ Outputs: ``tests/<net>/`` (invariance.npz, result.json, figures), ``results.csv`
 ``figures/invariance_by_layer.png``.
 
 The paper measured ImageNet networks; ``--config.imagenet_weights=vgg16-397923af.pth`` with the
-argument ``imagenet`` adds torchvision's ImageNet VGG16 (max pooling), measured as it is.
+argument ``imagenet`` adds torchvision's ImageNet VGG16 (max pooling), measured as it is: its
+1000-way output layer is kept (no task head), so each item's reference class for top-1 change,
+jaggedness, MAD and consistency is the network's own top-1 at the start of the path, as
+``configs/diagnose.py`` measures a weights file.
 
   python -m transinv_jax.main --config=configs/azulay_weiss.py --workdir=runs/aw
   python -m transinv_jax.main --config=configs/azulay_weiss.py:smoke --workdir=runs/aw_smoke

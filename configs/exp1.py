@@ -11,12 +11,19 @@ each (config.seeds_mode: sequential, one compiled step for every seed).
   python -m transinv_jax.main --config=configs/exp1.py:mnist,vanilla --workdir=runs/exp1_mnist
 
 Config arguments (comma separated) select cells: datasets (emnist, fashion_mnist, kmnist, mnist,
-leek10, leek2; default all) and arms (vanilla, imagenet; default both), plus ``smoke``. ``smoke``
+leek10, leek2; default all) and arms (vanilla, imagenet; default both), plus ``smoke`` or ``mini``. ``smoke``
 alone is the smallest cell, MNIST vanilla, at CPU sizes (canvas 64, items 16, width 1/16, 400
 steps, one seed): well under a minute on a 2-core CPU with the real MNIST files:
 
   TRANSINV_JAX_DATA=../shared/data python -m transinv_jax.main \
       --config=configs/exp1.py:smoke --workdir=runs/smoke
+
+``mini`` (alone: MNIST vanilla) sits between smoke and the paper: canvas 112, items 25, VGG16 at
+1/8 width, the paper's 19x19 grid scaled, one seed; about 15 minutes a cell on a 2-core CPU, with
+the finding as clear as the paper's (README, "Findings at CPU size"):
+
+  TRANSINV_JAX_DATA=../shared/data python -m transinv_jax.main \
+      --config=configs/exp1.py:mini --workdir=runs/exp1_mini
 
 Expected cost at the paper's sizes: 12 cells, each training 5 seeds to the stop rule (at most
 5000 steps at batch 32) plus the sweep (2000 test items x 361 locations x 5 seeds): minutes per
@@ -35,10 +42,11 @@ ARMS = ("vanilla", "imagenet")
 def get_config(arg: str | None = None):
   """exp1 config; ``arg`` e.g. ``"mnist"``, ``"mnist,vanilla"``, ``"smoke"``."""
   tokens, smoke = spec.parse_arg(arg)
+  tokens, mini = spec.mini_size(tokens)
   arms = [("imagenet" if t == "pretrained" else t) for t in tokens
           if t in ARMS + ("pretrained",)]
   datasets = [spec.dataset_name(t) for t in tokens if t not in ARMS + ("pretrained",)]
-  if smoke and not tokens:
+  if (smoke or mini) and not tokens:
     datasets, arms = ["mnist"], ["vanilla"]
   config = spec.base_config("exp1")
   for arm in ARMS:
@@ -50,4 +58,6 @@ def get_config(arg: str | None = None):
                   arg or "")
   if smoke:
     spec.shrink_for_smoke(config)
+  elif mini:
+    spec.shrink_for_mini(config)
   return config

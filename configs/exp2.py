@@ -10,7 +10,9 @@ matrix (figure 2B), bars with std (figure 6), heatmaps, results.csv.
   python -m transinv_jax.main --config=configs/exp2.py:emnist,mnist --workdir=runs/exp2_em_m
 
 Config arguments: a pretraining dataset (its six fine-tunes) or ``pretrain,finetune`` (one cell),
-e.g. ``emnist,mnist``; plus ``smoke`` (CPU sizes). Fine-tuning trains every layer; set
+e.g. ``emnist,mnist``; plus ``smoke`` (CPU sizes) or ``mini`` (between smoke and the paper:
+canvas 112, items 25, VGG16 at 1/8 width, pretraining at most 3000 steps; one cell in about 20
+minutes on a 2-core CPU, see README's "Findings at CPU size"). Fine-tuning trains every layer; set
 ``--config.finetune=frozen_conv`` or ``classifier`` to freeze more. Share trained stages with exp5
 through ``--config.stage_dir=runs/stages``.
 
@@ -25,6 +27,7 @@ from transinv_jax.experiments import spec
 def get_config(arg: str | None = None):
   """exp2 config; ``arg`` e.g. ``"emnist"``, ``"emnist,mnist"``, ``"leek2,mnist,smoke"``."""
   tokens, smoke = spec.parse_arg(arg)
+  tokens, mini = spec.mini_size(tokens)
   if len(tokens) > 2:
     raise ValueError(f"configs/exp2.py: {arg!r}: give a pretraining dataset, or pretrain,finetune")
   chosen = [spec.dataset_name(t) for t in tokens]
@@ -43,4 +46,9 @@ def get_config(arg: str | None = None):
   spec.keep_tests(config, [f"{p}_{f}" for p in pretrains for f in finetunes], arg or "")
   if smoke:
     spec.shrink_for_smoke(config)
+  elif mini:
+    spec.shrink_for_mini(config)
+    for name, stage in config.stages.items():  # translation invariance takes longer to learn
+      if name.startswith("pretrain_"):
+        stage.train.max_steps = 3000
   return config

@@ -14,6 +14,15 @@ fine-tuning (appendix A.2.2):
 
 For conditions 3.x the figures show the fully translated and the upper-right-only letters apart.
 
+What "empty" means: by default (``config.data.fit="centre"``, exp3's wording) a letter's centre is
+drawn in its region of centres, so a letter centred near the quadrant's edge puts pixels inside
+it: in condition 1, 4,888 of the 22,969 allowed centres (21%) at 224 / 50; in condition 2, T-Z
+leave the upper-right quadrant from 3,687 of their 7,656. ``--config.data.fit=whole`` keeps every
+pixel inside its region (condition 1's quadrant then sees no training pixel). Each run draws
+``figures/coverage_<stage>.png`` (how often each pixel is covered by a training item, per class
+group) and records the counts (``training_coverage``) and the accuracy inside and outside each
+group's region (``accuracy_by_region``) in results.json.
+
   python -m transinv_jax.main --config=configs/exp4.py --workdir=runs/exp4
   python -m transinv_jax.main --config=configs/exp4.py:2 --workdir=runs/exp4_c2
 

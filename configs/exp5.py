@@ -2,12 +2,17 @@ r"""Biscione & Bowers, experiment 5: cosine similarity of internal representatio
 
 For one test item per class at the leftmost-centred location and the same item moved along x to
 every grid column (displacements up to 173 px on 224 / 50), the cosine similarity of the
-activations of every conv and linear layer (after ReLU), per seed; the penultimate layer
-("pre_logits", fc7) gives figures 5 and 10, every layer figures 11 and 12. Networks:
+activations of every conv and linear layer (after ReLU; the output layer, the logits, last: the
+authors hook every Conv2d and Linear), per seed; the penultimate layer (fc7) gives figures 5 and
+10, every layer figures 11 and 12. Each seed's network is measured on its own items, one per class
+drawn by its seed (the authors draw them at random; ``item_indices`` in each result.json). Every
+network sees the canvases normalised with the statistics of the items' dataset (its training
+canvases), as the authors' CosSim does: before fine-tuning too (F's, not P's), and for the ImageNet
+network (not ImageNet's statistics); result.json states it under ``normalisation``. Networks:
 
   vanilla     untrained (Kaiming initialisation), on each dataset's items       (figure 5A, 11)
-  imagenet    torchvision's ImageNet VGG16, not fine-tuned (needs
-              --config.imagenet_weights)                                        (figure 5A, 11)
+  imagenet    torchvision's ImageNet VGG16 as it is, its 1000-way output layer
+              kept (needs --config.imagenet_weights)                            (figure 5A, 11)
   pretrained  exp2's network pretrained fully translated on P, on F's items (before fine-tuning)
   finetuned   that network fine-tuned on 1-location F, on F's items (after)      (figures 5B, 10)
 

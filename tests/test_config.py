@@ -80,6 +80,21 @@ def test_smoke_variants_are_valid_on_cpu():
     pipeline.check(config, num_devices=1)
 
 
+def test_mini_variants_sit_between_smoke_and_the_paper():
+  exp1 = get("exp1", "mini")
+  assert sorted(exp1.tests) == ["vanilla_mnist"]
+  exp2 = get("exp2", "fmnist,mnist,mini")
+  for config in (exp1, exp2):
+    assert (config.data.canvas_size, config.data.item_size, config.model.width) == (112, 25, 0.125)
+    assert config.num_seeds == 1 and config.train.stop_block == 5
+    pipeline.check(config, num_devices=1)
+  # The grid is the paper's 19x19, scaled by half.
+  assert len(pipeline.test_axes(pipeline.test_config(exp1, "vanilla_mnist"))) == 19
+  assert exp2.stages.pretrain_fashion_mnist.train.max_steps == 3000
+  with pytest.raises(ValueError, match="exp1.py and configs/exp2.py only"):
+    get("exp5", "mnist,mini")
+
+
 @pytest.mark.parametrize("experiment,arg,message", [
     ("exp1", "mnsit", "unknown dataset"),
     ("exp2", "mnist,kmnist,leek2", "pretrain,finetune"),

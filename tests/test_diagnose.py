@@ -208,6 +208,36 @@ def test_azulay_weiss_pipeline(tmp_path, shared_data_dir):
   assert {"consistency", "jaggedness", "mad", "top1_change_rate"} <= set(header)
 
 
+def test_azulay_weiss_imagenet_network_as_it_is(tmp_path, shared_data_dir):
+  """The ImageNet arm keeps the file's 1000-way output layer (no fresh 10-way head) and scores
+  every measure against the network's own top-1 at the start of the path, as diagnose does."""
+  del shared_data_dir
+  config = tiny_config("imagenet,smoke", "azulay_weiss")
+  config.eval.update(invariance_items=8, max_shift=4, consistency_offset=4, items_per_batch=8)
+  # A torchvision-layout file of the tiny VGG11 (1/16 width) stands in for ImageNet's VGG16.
+  # Random weights of the model's shapes, without compiling its init.
+  shapes = pretrained.abstract_target(models.build_model(config.model, 1000), (1, 32, 32, 3))
+  rng = np.random.default_rng(3)
+  variables = jax.tree.map(lambda v: rng.normal(0, 0.1, v.shape).astype(np.float32), shapes)
+  path = tmp_path / "vgg11.pth"
+  pretrained.save_torchvision(variables, "vgg11", path)
+  config.imagenet_weights = str(path)
+  pipeline.run(config, str(tmp_path / "run"))
+  stage, = (tmp_path / "run" / "stages").glob("imagenet-*")
+  got = checkpoints.load_exported(stage / "export" / "seed0")[0]["params"]
+  for leaf in ("kernel", "bias"):  # the file's own head, not a fresh one
+    np.testing.assert_allclose(got["logits"][leaf], variables["params"]["logits"][leaf],
+                               atol=1e-6)
+  assert got["logits"]["kernel"].shape[-1] == 1000
+  assert json.loads((stage / "done.json").read_text())["num_classes"] == 1000
+  result = json.loads((tmp_path / "run" / "tests" / "imagenet" / "result.json").read_text())
+  assert result["reference_class"].startswith("top-1") and result["num_classes"] == 10
+  with np.load(tmp_path / "run" / "tests" / "imagenet" / "invariance.npz") as f:
+    # The reference is the top-1 at shift 0: no change there; ImageNet classes, not 0..9.
+    np.testing.assert_array_equal(f["labels"], f["predictions"][:, :, 0])
+    assert (f["labels"] >= 10).any()
+
+
 def test_cli_reports_a_bad_checkpoint_in_one_line(tmp_path):
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top

@@ -219,25 +219,3 @@ def test_data_efficiency_config():
       assert flat.model.padding == padding and flat.data.max_train_items == size
   config_checks.check_config(pipeline.stage_config(config, "full_100"), 1)
   assert sorted(data_efficiency.get_config("full,smoke").tests) == ["full_200", "full_50"]
-
-
-# -- the rook, end to end
-
-
-def test_rook_full_and_circular_are_at_chance_and_zeros_learns(tmp_path, shared_data_dir):
-  """Kayhan & van Gemert's result: with full or circular padding the one-filter net gives the
-  same output for both corners (exactly chance); with zero padding it learns the corner."""
-  config = rook.get_config("zeros,full,circular,smoke")
-  config.data.data_dir = str(shared_data_dir)
-  config.num_seeds = 1
-  config.data.item_size, config.data.canvas_size = 12, 24
-  config.data.max_train_items = 64
-  config.train.max_steps = 200
-  config.eval.max_items = 50
-  config.eval.items_per_batch = 50
-  summary = pipeline.run(config, str(tmp_path))
-  accuracy = {r["test"]: r["accuracy"] for r in summary["results"]}
-  for padding in ("full", "circular"):
-    assert accuracy[f"{padding}_train"] == 0.5 and accuracy[f"{padding}_test"] == 0.5
-  assert accuracy["zeros_train"] > 0.6 and accuracy["zeros_test"] > 0.6
-  assert (tmp_path / "figures" / "accuracy.png").is_file()

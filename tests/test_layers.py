@@ -344,6 +344,32 @@ def test_circular_net_with_aps_is_shift_invariant(pool, invariant):
 
 
 # ---------------------------------------------------------------------------------------------
+# BatchNorm with batch statistics
+
+
+def test_batch_statistics_norm_matches_torch_without_running_stats():
+  # A large mean and unequal spreads per channel: the two-pass variance must not cancel.
+  x = normal(0, (6, 5, 7, 4)) * np.array([0.5, 1, 3, 10], np.float32) + 20
+  scale, bias = normal(1, (4,)), normal(2, (4,))
+  reference = torch.nn.BatchNorm2d(4, track_running_stats=False)
+  reference.weight.data, reference.bias.data = torch.from_numpy(scale), torch.from_numpy(bias)
+  reference.eval()  # changes nothing without running statistics: the authors' test mode
+  expected = from_torch(reference(to_torch(x)))
+
+  norm = layers.BatchStatisticsNorm()
+  variables = norm.init(jax.random.key(0), x)
+  assert set(variables) == {"params"} and set(variables["params"]) == {"scale", "bias"}
+  for use_running_average in (True, False):  # the models' train flag is ignored
+    got = layers.BatchStatisticsNorm(use_running_average=use_running_average).apply(
+        {"params": {"scale": scale, "bias": bias}}, x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  half = layers.BatchStatisticsNorm(dtype=jnp.bfloat16).apply(
+      {"params": {"scale": scale, "bias": bias}}, x)
+  assert half.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(half, np.float32), expected, rtol=2e-2, atol=2e-2)
+
+
+# ---------------------------------------------------------------------------------------------
 # jit and grad
 
 

@@ -294,3 +294,49 @@ def test_fraction_edges():
   # a 2-pixel item (pixels [c - 1, c + 1)) is 4.
   mask = locations.allowed_centres(20, 2, [(0.125, 1, 0, 1)], fit="whole")
   assert np.flatnonzero(mask[10]).min() == 4
+
+
+@pytest.mark.parametrize("canvas,item", [(20, 6), (21, 5)])
+def test_coverage_map_is_the_mean_footprint(canvas, item):
+  mask = np.random.default_rng(0).random((canvas, canvas)) < 0.3
+  lo, hi = locations.centre_range(canvas, item)
+  mask[:lo], mask[hi + 1:], mask[:, :lo], mask[:, hi + 1:] = False, False, False, False
+  brute = np.zeros((canvas, canvas))
+  for y, x in zip(*np.nonzero(mask)):  # each centre's item: pixels [c - s // 2, c - s // 2 + s)
+    brute[y - item // 2:y - item // 2 + item, x - item // 2:x - item // 2 + item] += 1
+  cover = locations.coverage_map(mask, item)
+  np.testing.assert_allclose(cover, brute / mask.sum())
+  assert np.isclose(cover.sum(), item * item) and cover.max() <= 1
+
+
+def test_paper_condition_1_coverage_spills_into_the_upper_right():
+  # 22,969 allowed centres; an item enters the upper-right quadrant (x >= 112, y < 112) when its
+  # centre has x >= 88 and y <= 136: 24 * 112 + 88 * 25 = 4,888 of them.
+  (centre,) = locations.training_coverage(224, 50, locations.quadrant_layout("1"), 26)
+  assert centre.group.classes == tuple(range(26)) and centre.group.region == "all_but_upper_right"
+  assert (centre.allowed, centre.spilling) == (22969, 4888)
+  np.testing.assert_array_equal(centre.pixels, ~locations.region_pixels(
+      224, [locations.REGIONS["upper_right"]]))
+  assert np.isclose(centre.map.sum(), 2500)
+  assert np.isclose(centre.outside_pixel_fraction, centre.map[:112, 112:].sum() / 2500)
+  assert centre.map[:112, 112:].max() > 0 and centre.map[:87, 137:].max() == 0
+  (whole,) = locations.training_coverage(224, 50, locations.quadrant_layout("1"), 26, "whole")
+  assert whole.spilling == 0 and whole.outside_pixel_fraction == 0
+  assert whole.map[:112, 112:].max() == 0
+  assert whole.numbers()["spilling_fraction"] == 0
+
+
+def test_layout_groups_and_condition_2_coverage():
+  groups = locations.layout_groups(locations.quadrant_layout("2"), 26)
+  assert [(g.classes, g.region) for g in groups] == [
+      (tuple(range(19)), "all_but_upper_right"), (tuple(range(19, 26)), "upper_right")]
+  assert [len(g.classes) for g in locations.layout_groups(locations.area_layout(), 18)] == [2] * 9
+  # T-Z centred in the upper-right quadrant's centres (x 112..199, y 25..111): an item leaves
+  # the quadrant's pixels when x < 137 or y >= 88, i.e. all but 63 * 63 of the 88 * 87 centres.
+  _, late = locations.training_coverage(224, 50, locations.quadrant_layout("2"), 26)
+  assert late.numbers() == {
+      "classes": list(range(19, 26)), "region": "upper_right", "allowed_centres": 7656,
+      "spilling_centres": 7656 - 63 * 63, "spilling_fraction": (7656 - 63 * 63) / 7656,
+      "outside_pixel_fraction": late.outside_pixel_fraction}
+  for cover in locations.training_coverage(64, 16, locations.area_layout(), 18, "whole"):
+    assert cover.spilling == 0 and np.isclose(cover.map.sum(), 256)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import read_test_record, tiny_config
-from transinv_jax import checkpoints, models
+from transinv_jax import checkpoints, models, similarity
 from transinv_jax.experiments import pipeline, spec
 from transinv_jax.models import pretrained
 
@@ -108,6 +108,21 @@ def test_exp4_quadrants_with_class_groups(tmp_path, emnist_data_dir):
   done = json.loads((_stage_dir(tmp_path / "run", "pretrain_c3_2") / "done.json").read_text())
   assert done["train_location"] == "regions"
   assert "figures/class_groups_c3_2.png" in summary["figures"]
+  # The training pixel coverage per class group, from the config: A-J everywhere, K-Z upper-right
+  # only (canvas 32, items 12: centres 6..26, the quadrant's x 16..26, y 6..15).
+  assert "figures/coverage_pretrain_c3_2.png" in summary["figures"]
+  assert (tmp_path / "run" / "figures" / "coverage_pretrain_c3_2.png").stat().st_size > 0
+  groups = summary["training_coverage"]["pretrain_c3_2"]["groups"]
+  assert [(g["names"], g["region"], g["allowed_centres"]) for g in groups] == [
+      ("A-J", "whole", 21 * 21), ("K-Z", "upper_right", 11 * 10)]
+  assert groups[0]["spilling_centres"] == 0 and groups[1]["spilling_centres"] > 0
+  (row,) = json.loads((tmp_path / "run" / "results.json").read_text())
+  assert row["training_coverage"]["stage"] == "pretrain_c3_2"
+  by_region = row["accuracy_by_region"]
+  assert by_region["upper_right"]["names"] == "K-Z"
+  assert by_region["upper_right"]["inside_centres"] == 2  # of the grid 6, 16, 25: x >= 16, y 6
+  assert 0 <= by_region["upper_right"]["outside"] <= 1
+  assert by_region["whole"]["outside_centres"] == 0
 
 
 def test_exp3_areas_on_emnist18(tmp_path, emnist_data_dir):
@@ -117,6 +132,7 @@ def test_exp3_areas_on_emnist18(tmp_path, emnist_data_dir):
   record = read_test_record(tmp_path / "run", "emnist18")
   assert record["num_classes"] == 18 and record["trained_centre"] is None
   assert list(record["class_mean_accuracy"])[-1] == "R"
+  assert (tmp_path / "run" / "figures" / "coverage_pretrain.png").stat().st_size > 0
 
 
 def test_exp5_similarity_before_and_after_fine_tuning(tmp_path, shared_data_dir):
@@ -128,13 +144,31 @@ def test_exp5_similarity_before_and_after_fine_tuning(tmp_path, shared_data_dir)
   pipeline.run(config, str(workdir))
   with np.load(workdir / "tests" / "after_mnist_leek2" / "similarity.npz") as f:
     layers = list(f["layers"])
-    assert layers[0] == "conv1_1" and "fc7" in layers
+    # Every conv and linear layer, the output layer last (the authors hook every Linear).
+    assert layers[0] == "conv1_1" and layers[-2:] == ["fc7", "logits"]
     assert f["mean"].shape == (len(layers), 3) and f["seed_mean"].shape == (1, len(layers), 3)
     np.testing.assert_allclose(f["mean"][:, 0], 1.0, atol=1e-5)  # no displacement
     np.testing.assert_array_equal(f["displacements"], [0, 10, 19])  # grid 6, 16, 25
+    after_index = f["item_index"]
   record = read_test_record(workdir, "before_mnist_leek2")
   assert record["network"] == "pretrained" and record["penultimate"] == "fc7"
+  assert record["layers"][-1] == "logits" and len(record["output_similarity"]) == 3
   assert len(record["penultimate_similarity"]) == 3
+  # One item per class drawn by the seed: the same items before and after fine-tuning.
+  leek2 = pipeline.load_items(pipeline.test_config(config, "before_mnist_leek2").data, "test", 0)
+  drawn = similarity.item_indices(leek2.labels, 2, seed=config.seed)
+  assert record["item_indices"] == {str(config.seed): drawn.tolist()} and record[
+      "items_per_class"] == 1
+  np.testing.assert_array_equal(after_index, [drawn])
+  # Before fine-tuning the pretrained network sees the normalisation of the items' dataset
+  # (Leek2's training canvases), as after fine-tuning, not that of its own pretraining (MNIST).
+  after = read_test_record(workdir, "after_mnist_leek2")
+  norm = record["normalisation"]
+  assert norm["from"].startswith("leek2 train canvases")
+  assert norm["mean"] == after["normalisation"]["mean"] and not norm["same_as_stage"]
+  assert after["normalisation"]["same_as_stage"]
+  pretrain = json.loads((_stage_dir(workdir, "pretrain_mnist") / "done.json").read_text())
+  assert norm["stage_normalisation"]["mean"] == pretrain["mean"] != norm["mean"]
   for figure in ("similarity_by_displacement_mnist.png", "similarity_finetuning_mnist.png",
                  "similarity_layers_vanilla_mnist.png",
                  "similarity_layers_largest_displacement.png"):

@@ -148,7 +148,9 @@ def test_train_step_exports_for_gpu_and_tpu(paper, mode):
   assert exported.platforms == PLATFORMS and exported.nr_devices == DEVICES
   # The state is donated: each of its buffers may be reused for the new state.
   state_leaves = len(jax.tree.leaves(args[0]))
-  assert state_leaves == 100  # 32 params, 64 Adam moments, Adam's count, step, streak, reason
+  # 32 params, 64 Adam moments, Adam's count, step, and the stop rule's streak, block sum,
+  # block mean and reason.
+  assert state_leaves == 102
   assert donated(exported) == state_leaves
   # Each device renders and runs its own part of the batch (vmap leaves the seeds axis open).
   seeds = "{?}, " if mode == "vmap" else ""

@@ -115,6 +115,26 @@ def test_stacked_seeds_give_each_seed_alone(tiny_vgg):
   np.testing.assert_allclose(same.std, 0.0, atol=1e-7)
 
 
+def test_each_seed_on_its_own_items(tiny_vgg):
+  """``item_index``: seed s compares its own items, as if it ran alone on them."""
+  _, net, variables = tiny_vgg
+  items = _items(num=2 * NUM_CLASSES)                      # labels 0, 1, 2, 0, 1, 2
+  index = np.array([[0, 1, 2], [3, 4, 5]])
+  kwargs = dict(render=_render(), base_centre=BASE, centres=CENTRES, layers="all+logits")
+  both = similarity.cosine_similarity(net, variables, items, item_index=index, **kwargs)
+  assert both.per_item.shape == (2, 11, len(XS), NUM_CLASSES) and both.layers[-1] == "logits"
+  np.testing.assert_array_equal(both.item_index, index)
+  np.testing.assert_array_equal(both.labels, np.arange(NUM_CLASSES))
+  for s in range(2):
+    alone = similarity.cosine_similarity(
+        net, _seed(variables, s), Items(images=items.images[index[s]],
+                                        labels=items.labels[index[s]]), **kwargs)
+    np.testing.assert_allclose(both.per_item[s], alone.per_item[0], rtol=1e-6)
+  with pytest.raises(ValueError, match="same classes"):
+    similarity.cosine_similarity(net, variables, items, item_index=[[0, 1, 2], [4, 3, 5]],
+                                 **kwargs)
+
+
 def test_translation_invariant_layer_is_one_everywhere():
   # Global sum pooling of the canvas: the same for every whole placement of an item.
   apply_fn = lambda v, x: (x[:, 0, 0], {"gap": x.sum(axis=(1, 2)), "logits": x[:, 0, 0]})
@@ -205,6 +225,27 @@ def test_pick_items_first_of_each_class_in_order():
     similarity.pick_items(items, 4)
   with pytest.raises(ValueError, match="class 0 has 2 item"):
     similarity.pick_items(items, 3, per_class=3)
+
+
+def test_item_indices_drawn_by_the_seed():
+  """One item per class drawn by the seed: reproducible, different for another seed, in class
+  order; no seed takes the first of each class."""
+  labels = np.arange(1000) % 10
+  first = similarity.item_indices(labels, 10)
+  np.testing.assert_array_equal(first, np.arange(10))
+  draws = {s: similarity.item_indices(labels, 10, seed=s) for s in range(3)}
+  for s, index in draws.items():
+    np.testing.assert_array_equal(labels[index], np.arange(10))
+    np.testing.assert_array_equal(index, similarity.item_indices(labels, 10, seed=s))
+  assert len({tuple(i) for i in draws.values()}) == 3
+  assert not np.array_equal(draws[0], first)
+  two = similarity.item_indices(labels, 10, per_class=2, seed=4)
+  np.testing.assert_array_equal(labels[two], np.repeat(np.arange(10), 2))
+  assert len(set(two.tolist())) == 20
+  images = (np.arange(1000) % 251).astype(np.uint8)[:, None, None, None]
+  items = Items(images=jnp.asarray(images), labels=jnp.asarray(labels, jnp.int32))
+  np.testing.assert_array_equal(similarity.pick_items(items, 10, seed=1).images[:, 0, 0, 0],
+                                draws[1] % 251)
 
 
 def test_plots_write_png(tmp_path):

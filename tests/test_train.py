@@ -1,19 +1,17 @@
-"""Training: the stop rule fires at the exact step, resume equals an uninterrupted run, and a tiny
-exp1 run learns the trained location (and only it)."""
+"""Training: the stop rule fires at the exact step (the authors' block rule on synthetic streams),
+and resume equals an uninterrupted run. exp1's finding itself is in test_findings.py."""
 
 import functools
-import json
 import shutil
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import only_result, read_test_record, tiny_config
 from transinv_jax import checkpoints, sharding, train
 from transinv_jax.data import canvas, locations
-from transinv_jax.experiments import pipeline
 from transinv_jax.models import vgg
 
 CANVAS, SIZE = 32, 8
@@ -66,6 +64,55 @@ def test_accuracy_rule_fires_after_the_window(setup):
   assert result.stop_reason == ["max_steps"] and result.state.streak.tolist() == [0]
 
 
+def stop_rule_on(accuracies, stop: train.StopRule):
+  """The stop rule run over a synthetic accuracy stream: per step (streak, block_mean, reason)."""
+  def step(memory, x):
+    i, accuracy = x
+    new = train._stop_rule(types.SimpleNamespace(**memory), i + 1, accuracy, stop)
+    reason = new.pop("stop_reason")
+    return new, (new["streak"], new["block_mean"], reason)
+  memory = {"streak": jnp.int32(0), "block_sum": jnp.float32(0), "block_mean": jnp.float32(np.nan)}
+  accuracies = jnp.asarray(accuracies, jnp.float32)
+  _, out = jax.lax.scan(step, memory, (jnp.arange(len(accuracies)), accuracies))
+  return [np.asarray(o) for o in out]
+
+
+def test_block_rule_on_synthetic_accuracy_streams():
+  # Batches of 32 alternating under and over 0.75 whose blocks of 5 average 0.775: the authors'
+  # block rule stops after 4 blocks (window 20) at step 20 exactly; single batches never do.
+  block = [1.0, 1.0, 0.5, 0.5, 0.875]
+  streak, means, reason = stop_rule_on(block * 8, train.StopRule(0.75, 20, 1000, block=5))
+  assert np.flatnonzero(reason == train.STOP_ACCURACY)[0] == 19  # step 20
+  assert streak[:20].tolist() == [0] * 4 + [5] * 5 + [10] * 5 + [15] * 5 + [20]
+  np.testing.assert_allclose(means[4::5], 0.775)
+  assert np.isnan(means[:4]).all()  # no block finished yet
+  _, _, reason = stop_rule_on(block * 8, train.StopRule(0.75, 20, 1000, block=1))
+  assert (reason == train.RUNNING).all()
+  # A block below the goal (mean 0.7) resets the streak: 2 good, 1 bad, then 4 good -> step 35.
+  stream = block * 2 + [0.75, 0.75, 0.75, 0.5, 0.75] + block * 6
+  streak, means, reason = stop_rule_on(stream, train.StopRule(0.75, 20, 1000, block=5))
+  assert streak[14] == 0 and np.isclose(means[14], 0.7)
+  assert np.flatnonzero(reason == train.STOP_ACCURACY)[0] == 34
+  # A block mean exactly at the goal counts; a window that is not a multiple of the block fires
+  # at the first block end reaching it (window 7 -> step 10); block 1 is the per-batch rule.
+  _, _, reason = stop_rule_on([0.75] * 12, train.StopRule(0.75, 7, 1000, block=5))
+  assert np.flatnonzero(reason == train.STOP_ACCURACY)[0] == 9
+  _, _, reason = stop_rule_on([0.8, 0.8, 0.7] + [0.8] * 3, train.StopRule(0.75, 3, 1000, block=1))
+  assert np.flatnonzero(reason == train.STOP_ACCURACY)[0] == 5
+  # The cap fires at max_steps whatever the blocks.
+  _, _, reason = stop_rule_on([0.0] * 9, train.StopRule(0.75, 20, 8, block=5))
+  assert np.flatnonzero(reason == train.STOP_MAX_STEPS)[0] == 7
+
+
+def test_block_rule_in_the_loop_stops_at_a_block_end(setup):
+  # Threshold 0: every block qualifies; window 7 in blocks of 5 fires at step 10 (not 7), and
+  # the result carries the block mean at the stop.
+  result, records = run(setup[1](), setup, train.StopRule(0.0, 7, 100, block=5))
+  assert result.stop_reason == ["accuracy"] and result.steps == [10]
+  assert result.state.streak.tolist() == [10]
+  assert 0 <= result.block_mean[0] <= 1 and records[-1]["block_mean"] == result.block_mean
+
+
 def test_resume_from_checkpoint_equals_uninterrupted(setup, tmp_path):
   stop = train.StopRule(1.1, 0, 20)
   ckpts = checkpoints.Checkpoints(tmp_path / "ckpt", max_to_keep=5)
@@ -114,20 +161,3 @@ def test_export_loads_without_orbax(setup, tmp_path):
     assert "params/conv1_1/kernel" in f.files
   with pytest.raises(checkpoints.CheckpointError, match="not found"):
     checkpoints.load_exported(tmp_path / "missing")
-
-
-def test_tiny_exp1_learns_the_trained_location_only(shared_data_dir, tmp_path):
-  config = tiny_config()
-  config.model.width = 1 / 8
-  config.train.max_steps = 800
-  config.train.stop_accuracy = 0.95
-  config.train.stop_window = 20
-  config.train.log_every = 20
-  config.eval.max_items = 100
-  summary = only_result(pipeline.run(config, str(tmp_path / "run")))
-  stage, = (tmp_path / "run" / "stages").iterdir()
-  assert json.loads((stage / "done.json").read_text())["final_train_accuracy"][0] >= 0.85
-  row = read_test_record(tmp_path / "run")["accuracy_along_trained_row"]
-  assert summary["accuracy_at_trained_location"] == row["6"] >= 0.8
-  # Far from the trained location the vanilla network is near chance (exp1's finding).
-  assert row["25"] <= 0.35

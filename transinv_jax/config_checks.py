@@ -92,6 +92,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(0 <= train.stop_accuracy <= 1,
            f"config.train.stop_accuracy={train.stop_accuracy}: must be in [0, 1]")
   _require(train.stop_window >= 0, "config.train.stop_window must be >= 0 (0 disables the rule)")
+  _require(train.stop_block >= 1,
+           f"config.train.stop_block={train.stop_block}: must be >= 1 (steps averaged per check "
+           "of the stop rule; 5 is the authors', 1 checks every batch)")
   _require(train.scan_steps > 0, "config.train.scan_steps must be positive")
   _require(train.log_every > 0 and train.log_every % train.scan_steps == 0,
            f"config.train.log_every={train.log_every} must be a positive multiple of "
@@ -170,6 +173,19 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   _require(1 <= model.blur_size <= 7, f"config.model.blur_size={model.blur_size}: use 1..7")
   _require(model.avg_pool_size >= 2 and model.avg_pool_size % 2 == 0,
            f"config.model.avg_pool_size={model.avg_pool_size}: use an even size >= 2")
+  stats = model.get("batch_norm_stats", "running")
+  _require(stats in models.BATCH_NORM_STATS,
+           f"config.model.batch_norm_stats={stats!r}: use running (running averages at test "
+           "time, torch's model.eval()) or batch (the batch's own statistics at train and test "
+           "time, the authors' track_running_stats=False)")
+  try:
+    models.batch_norm(model)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  _require(not (stats == "batch" and model.pretrained),
+           f"config.model.batch_norm_stats='batch' keeps no running statistics, but "
+           f"config.model.pretrained={model.pretrained!r} brings them; keep 'running' to start "
+           "from pretrained weights")
   if model.pretrained:
     _require(pathlib.Path(model.pretrained).expanduser().is_file(),
              f"config.model.pretrained={model.pretrained!r} is not a file: give the path of a "

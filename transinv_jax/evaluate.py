@@ -78,22 +78,29 @@ def count_correct(logits: jax.Array, intermediates: dict, centres: jax.Array,
   return jnp.einsum("bp,bc->pc", correct.astype(jnp.int32), one_hot)
 
 
-def item_batches(items: Items, items_per_batch: int,
-                 mesh: Mesh) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
+def item_batches(items: Items, items_per_batch: int, mesh: Mesh,
+                 pad: bool = True) -> list[tuple[jax.Array, jax.Array, jax.Array]]:
   """``(images, labels, valid)`` batches of ``items``, split over the mesh.
 
-  The last batch is padded with zero items whose ``valid`` is False, so every batch has the same
-  shape (one compilation) and the padding is masked out of the counts.
+  With ``pad``, the last batch is padded with zero items whose ``valid`` is False, so every batch
+  has the same shape (one compilation) and the padding is masked out of the counts. Without it
+  (networks with test-time batch statistics, where padding would enter every item's answer),
+  the last batch holds the remaining items only, as a PyTorch ``DataLoader`` without
+  ``drop_last``: one more compilation; it is replicated where it does not split over the mesh.
   """
   num_items = items.num_items
-  pad = -num_items % items_per_batch
-  images = jnp.pad(items.images, ((0, pad),) + ((0, 0),) * 3)
-  labels = jnp.pad(items.labels, (0, pad))
-  valid = jnp.arange(num_items + pad) < num_items
-  batch_spec = sharding.batch_sharded(mesh)
-  return [jax.device_put((images[b:b + items_per_batch], labels[b:b + items_per_batch],
-                          valid[b:b + items_per_batch]), batch_spec)
-          for b in range(0, num_items + pad, items_per_batch)]
+  extra = -num_items % items_per_batch if pad else 0
+  images = jnp.pad(items.images, ((0, extra),) + ((0, 0),) * 3)
+  labels = jnp.pad(items.labels, (0, extra))
+  valid = jnp.arange(num_items + extra) < num_items
+  batches = []
+  for b in range(0, num_items + extra, items_per_batch):
+    size = min(items_per_batch, num_items + extra - b)
+    spec = (sharding.batch_sharded(mesh) if size % mesh.size == 0
+            else sharding.replicated(mesh))
+    batches.append(jax.device_put((images[b:b + size], labels[b:b + size], valid[b:b + size]),
+                                  spec))
+  return batches
 
 
 def _totals(items: Items, num_classes: int) -> np.ndarray:
@@ -117,7 +124,9 @@ def shift_sweep(net: kernel.Network, variables: Any, items: Items, centres: np.n
     centres: int32 [num_centres, 2], (x, y), each keeping the item whole.
     render: composes model input from items and centres.
     mesh: the device mesh; ``items_per_batch`` must divide over it.
-    items_per_batch: test items per call.
+    items_per_batch: test items per call; for a network with test-time batch statistics
+      (``config.model.batch_norm_stats="batch"``) also the test batch they are taken over, at
+      each centre separately (``kernel.evaluation_kernel``).
     centres_per_chunk: the most centres per call (the calls share the centres evenly); 0 picks
       the largest chunk that fits half the free device memory (``kernel.auto_chunk``; one grid
       row, 19, where the backend reports no memory).
@@ -129,7 +138,7 @@ def shift_sweep(net: kernel.Network, variables: Any, items: Items, centres: np.n
   centres = np.asarray(centres, np.int32)
   num_centres = centres.shape[0]
   run = kernel.Kernel(net, render, count_correct, mesh)
-  batches = item_batches(items, items_per_batch, mesh)
+  batches = item_batches(items, items_per_batch, mesh, pad=not kernel.batch_statistics(net))
   if not centres_per_chunk:
     images, labels, valid = batches[0]
     centres_per_chunk = kernel.auto_chunk(
@@ -178,7 +187,7 @@ def placed_accuracy(net: kernel.Network, variables: Any, items: Items, key: jax.
     render: composes model input from items and centres.
     sampler: ``(key, labels) -> centres`` (the stage's, as in training).
     mesh: the device mesh; ``items_per_batch`` must divide over it.
-    items_per_batch: items per call.
+    items_per_batch: items per call (and test batch, as ``shift_sweep``).
 
   Returns:
     ``(correct, totals)``: int64 [S, num_classes] and int64 [num_classes].
@@ -186,7 +195,8 @@ def placed_accuracy(net: kernel.Network, variables: Any, items: Items, key: jax.
   run = kernel.Kernel(net, render, count_correct, mesh)
   # [batch, 1, 2]: one canvas per item.
   placed = [(images, sampler(jax.random.fold_in(key, i), labels)[:, None], (labels, valid))
-            for i, (images, labels, valid) in enumerate(item_batches(items, items_per_batch, mesh))]
+            for i, (images, labels, valid) in enumerate(
+                item_batches(items, items_per_batch, mesh, pad=not kernel.batch_statistics(net)))]
   correct = kernel.over_seeds(variables, lambda one_seed: sum(
       run(one_seed, images, centres, operands) for images, centres, operands in placed))
   correct = correct[:, 0].astype(np.int64)

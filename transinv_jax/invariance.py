@@ -513,7 +513,9 @@ def consistency(net: kernel.Network, variables: Any, items: Items, key: jax.Arra
     max_offset: the offsets' bound (Zhang: 32 on ImageNet's 224 crops).
     pairs_per_item: pairs drawn per item.
     mode: one of ``CONSISTENCY_MODES``.
-    items_per_batch: items per call (each call runs ``2 * pairs_per_item`` canvases per item).
+    items_per_batch: items per call (each call runs ``2 * pairs_per_item`` canvases per item);
+      with test-time batch statistics, the batch they are taken over at each of the
+      ``2 * pairs_per_item`` offsets (each item at its own draw).
     mesh: optional device mesh to split each call's canvases over.
 
   Returns:
@@ -546,9 +548,13 @@ def consistency(net: kernel.Network, variables: Any, items: Items, key: jax.Arra
   # The canvas at the base centre rolled by an offset is the item placed circularly there.
   run = kernel.Kernel(net, dataclasses.replace(render, wrap=mode == "circular"), top_class, mesh)
   # Whole batches (2 * pairs * batch canvases divide over the devices), padded with copies of
-  # the last item; their answers are sliced off.
-  index, batch = kernel.whole_chunks(np.arange(num_items), items_per_batch,
-                                     2 * pairs_per_item, run.mesh)
+  # the last item; their answers are sliced off. Not padded where the network normalises by the
+  # batch's statistics: the copies would enter them (the last batch is then smaller).
+  if kernel.batch_statistics(net):
+    index, batch = np.arange(num_items), items_per_batch
+  else:
+    index, batch = kernel.whole_chunks(np.arange(num_items), items_per_batch,
+                                       2 * pairs_per_item, run.mesh)
   images = items.images[jnp.asarray(index)]
   centres = (base_centre + offsets.reshape(num_items, 2 * pairs_per_item, 2))[index]
   batches = [(images[b:b + batch], jnp.asarray(centres[b:b + batch]))

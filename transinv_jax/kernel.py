@@ -11,6 +11,13 @@ evaluated one after another with that program (``over_seeds``), never vmapped: v
 turns every convolution into a grouped convolution, which GPUs run slowly. ``whole_chunks`` splits
 the points into calls of equal size that pad at most one point per call (before rounding the chunk
 up to split over the devices).
+
+A network whose BatchNorm normalises by the statistics of its input batch at test time too
+(``config.model.batch_norm_stats="batch"``, the authors' ``track_running_stats=False``) gives each
+item an answer that depends on the batch. The batch is then deliberately the authors' test batch:
+the call's items at one placement (one centre, or one offset of consistency's pairs), never the
+items x centres of a whole call; item batches are not padded for such networks (see
+``evaluate.item_batches``), so padding never enters the statistics.
 """
 
 import dataclasses
@@ -24,10 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from transinv_jax import sharding
+from transinv_jax import models, sharding
 from transinv_jax.train import RenderFn
 
 # (variables, x [batch, H, W, C]) -> (logits [batch, K], intermediates {name: [batch, ...]}).
+# A network with a true ``batch_statistics`` attribute is applied to one placement at a time.
 Network = Callable[[Any, jax.Array], tuple[jax.Array, dict]]
 # (logits [B, P, K], intermediates {name: [B, P, ...]}, centres int32 [B or 1, P, 2], operands)
 # -> what comes back from the device.
@@ -43,8 +51,18 @@ class Inference:
   """
   model: nn.Module
 
+  @property
+  def batch_statistics(self) -> bool:
+    """True where the model's BatchNorm uses its input batch's statistics at test time too."""
+    return models.uses_batch_statistics(self.model)
+
   def __call__(self, variables: Any, x: jax.Array) -> tuple[jax.Array, dict]:
     return self.model.apply(variables, x, train=False)
+
+
+def batch_statistics(net: Network) -> bool:
+  """Whether ``net`` normalises by its input batch's statistics (see the module docstring)."""
+  return bool(getattr(net, "batch_statistics", False))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,12 +115,19 @@ def evaluation_kernel(kernel: Kernel, variables: Any, images: jax.Array, centres
   # a reshape recovers [batch, points].
   x = kernel.render(jnp.repeat(images, points, axis=0),
                     jnp.broadcast_to(centres, (batch, points, 2)).reshape(-1, 2))
-  if kernel.mesh is not None:
+  # An unpadded last batch of items (batch statistics) may not split over the devices.
+  if kernel.mesh is not None and (not batch_statistics(kernel.net) or
+                                  x.shape[0] % kernel.mesh.size == 0):
     x = sharding.constrain_batch(x, kernel.mesh)
-  logits, intermediates = kernel.net(variables, x)
   per_item = lambda a: a.reshape((batch, points) + a.shape[1:])
-  return kernel.reduce(per_item(logits), jax.tree.map(per_item, intermediates), centres,
-                       operands)
+  if batch_statistics(kernel.net):
+    # One batch per placement: the items at point p are normalised together, as the authors
+    # test a batch of items at one location. vmap keeps it one program of the same convs.
+    logits, intermediates = jax.vmap(kernel.net, in_axes=(None, 1), out_axes=1)(
+        variables, per_item(x))
+  else:
+    logits, intermediates = jax.tree.map(per_item, kernel.net(variables, x))
+  return kernel.reduce(logits, intermediates, centres, operands)
 
 
 def num_seeds(variables: Any) -> int:

@@ -297,6 +297,55 @@ def heatmap_panels(panels: Sequence[np.ndarray], xs: Sequence[int], ys: Sequence
   plt.close(fig)
 
 
+def coverage_panels(maps: Sequence[np.ndarray], regions: Sequence[np.ndarray], path: str, *,
+                    titles: Sequence[str], title: str) -> None:
+  """Training pixel coverage per class group, each group's region outlined (exp3, exp4).
+
+  Each panel outlines its own group's region in white and the other groups' regions dashed, so
+  an item spilling out of its region shows as coverage beyond the white line. Each panel has its
+  own colour scale: a group spread over three quadrants covers each pixel less often than one
+  confined to a quadrant, and what matters is where its pixels go.
+
+  Args:
+    maps: per group, float [canvas, canvas] ([y, x]): how often a training item covers the
+      pixel (``locations.coverage_map``).
+    regions: per group, bool [canvas, canvas]: the region's pixels.
+    path: PNG file to write.
+    titles: one per panel.
+    title: figure title.
+  """
+  count = len(maps)
+  cols = min(count, 5)
+  rows = int(np.ceil(count / cols))
+  fig, axes = plt.subplots(rows, cols, figsize=(max(5.0, 3.4 * cols + 0.6), 3.1 * rows + 1.1),
+                           squeeze=False, layout="constrained")
+  size = maps[0].shape[0]
+  grid = np.arange(size) + 0.5  # pixel centres: the 0.5 contour runs along pixel edges
+  for k, ax in enumerate(axes.flat):
+    if k >= count:
+      ax.axis("off")
+      continue
+    image = ax.imshow(maps[k], vmin=0, cmap="magma", interpolation="nearest",
+                      extent=(0, size, size, 0))
+    for j, region in enumerate(regions):
+      if j != k and region.any() and not region.all():
+        ax.contour(grid, grid, region.astype(float), levels=[0.5], colors="0.6",
+                   linewidths=0.8, linestyles="--")
+    if regions[k].any() and not regions[k].all():
+      ax.contour(grid, grid, regions[k].astype(float), levels=[0.5], colors="w", linewidths=1.2)
+    ax.set_xlim(0, size)
+    ax.set_ylim(size, 0)
+    ax.set_title(titles[k], fontsize=8)
+    ax.tick_params(labelsize=7)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.02)
+    bar.ax.tick_params(labelsize=7)
+  fig.suptitle(f"{title}\ncolour: P(pixel covered by a training item of the group)",
+               fontsize=10)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def grouped_bars(means: np.ndarray, stds: np.ndarray, groups: Sequence[str],
                  series: Sequence[str], path: str, *, title: str, ylabel: str,
                  chance: Sequence[float] | None = None, legend_title: str = "") -> None:

@@ -3,9 +3,11 @@
 Biscione & Bowers (section 5, appendix A.3) compare a network's response to an item at the
 leftmost-centred location (x = 25, y = 112 on a 224 canvas with 50 px items) with its response to
 the same item moved horizontally (same y) to each other x of the test grid: the cosine similarity
-of the flattened activations of one layer, taken after its ReLU, for one item per class, averaged
-over those items. The penultimate layer gives the main figure (5); every layer gives the
-per-layer figures (11 and 12).
+of the flattened activations of one layer, taken after its ReLU, for one item per class (drawn at
+random by the authors, by the network's seed here: ``item_indices``), averaged over those items.
+The penultimate layer gives the main figure (5); every layer gives the per-layer figures (11 and
+12). The authors hook every ``Conv2d`` and ``Linear`` module, so their last layer is the output
+layer (the logits, before the softmax): ``"all+logits"`` below.
 
 All (item, centre) canvases of a chunk of centres are rendered and run through the network in one
 call of the evaluation kernel; the similarities are reduced on the device in float32 and only
@@ -39,13 +41,53 @@ _FAMILIES = (
 )
 
 
-def pick_items(items: Items, num_classes: int, per_class: int = 1) -> Items:
-  """The first ``per_class`` items of each class, in class order (deterministic).
+# Mixed into each seed's item draw, so that it is independent of the seed's training keys.
+_DRAW_STREAM = 5
+
+
+def item_indices(labels: np.ndarray, num_classes: int, per_class: int = 1,
+                 seed: int | None = None) -> np.ndarray:
+  """Which items to compare: ``per_class`` of each class, in class order.
+
+  The authors draw one image of each class at random (their ``CosSim`` takes a random sample of
+  each class's folder); here the draw is made reproducible: a function of ``seed`` alone (the
+  network's seed, ``config.seed`` + its index), so a network is measured on the same items in
+  every run and every test on the same items (before and after fine-tuning), and the seeds of a
+  run on different items.
+
+  Args:
+    labels: int [num_items], the items' classes.
+    num_classes: classes 0 .. num_classes - 1 to pick from.
+    per_class: items to take from each class.
+    seed: the draw's seed; None takes the first ``per_class`` of each class instead.
+
+  Returns:
+    int64 [num_classes * per_class] indices into ``labels``: class 0's, then class 1's, ...
+
+  Raises:
+    ValueError: if a class has fewer than ``per_class`` items.
+  """
+  labels = np.asarray(labels)
+  rng = None if seed is None else np.random.default_rng((int(seed), _DRAW_STREAM))
+  index = []
+  for c in range(num_classes):
+    found = np.flatnonzero(labels == c)
+    if found.size < per_class:
+      raise ValueError(f"class {c} has {found.size} item(s); {per_class} per class are needed")
+    index.extend(found[:per_class] if rng is None else
+                 np.sort(rng.choice(found, per_class, replace=False)))
+  return np.asarray(index, np.int64)
+
+
+def pick_items(items: Items, num_classes: int, per_class: int = 1,
+               seed: int | None = None) -> Items:
+  """The items ``item_indices`` names (the first of each class without a ``seed``).
 
   Args:
     items: images uint8 [num_items, size, size, channels], labels int32 [num_items].
     num_classes: classes 0 .. num_classes - 1 to pick from.
     per_class: items to take from each class.
+    seed: the draw's seed (``item_indices``); None: the first ``per_class`` of each class.
 
   Returns:
     Items with ``num_classes * per_class`` items: class 0's first, then class 1's, ...
@@ -53,13 +95,7 @@ def pick_items(items: Items, num_classes: int, per_class: int = 1) -> Items:
   Raises:
     ValueError: if a class has fewer than ``per_class`` items.
   """
-  labels = np.asarray(jax.device_get(items.labels))
-  index = []
-  for c in range(num_classes):
-    found = np.flatnonzero(labels == c)[:per_class]
-    if found.size < per_class:
-      raise ValueError(f"class {c} has {found.size} item(s); {per_class} per class are needed")
-    index.extend(found.tolist())
+  index = item_indices(np.asarray(jax.device_get(items.labels)), num_classes, per_class, seed)
   index = jnp.asarray(index, jnp.int32)
   return Items(images=jnp.take(items.images, index, axis=0),
                labels=jnp.take(items.labels, index, axis=0))
@@ -82,7 +118,8 @@ def layer_names(intermediates: dict, which: str = "all") -> list[str]:
   ``gap`` / ``gmp`` (the features the logits read there), and for ResNets the ``stem`` and each
   block's output ``layer{i}_{j}``. Left out: ``pool*`` (pooling, not a conv or linear layer),
   ``pre_logits`` and ResNet's ``layer{i}`` (aliases of a layer already listed), and ``logits``
-  (no ReLU: it can be negative); ``"all+logits"`` adds the logits at the end.
+  (no ReLU: it can be negative); ``"all+logits"`` adds the logits at the end, as the authors'
+  hooks on every ``Linear`` do (exp5's per-layer figures).
   ``"penultimate"`` is ``["pre_logits"]``, the main figure's layer.
 
   Args:
@@ -156,12 +193,15 @@ class SimilarityResult:
     per_item: float32 [S, L, D, I], similarity of item i's activations at the base and at centre
       d, for each seed's network.
     labels: int32 [I], the items' classes (with one item per class, per_item is per class).
+    item_index: int64 [S, I], which of the given items each seed's network was measured on
+      (``cosine_similarity``'s ``item_index``); None when every seed saw all of them.
   """
   layers: list[str]
   centres: np.ndarray
   displacements: np.ndarray
   per_item: np.ndarray
   labels: np.ndarray
+  item_index: np.ndarray | None = None
 
   @property
   def seed_mean(self) -> np.ndarray:
@@ -236,7 +276,8 @@ def resolve_layers(net: kernel.Network, variables: Any, images: jax.Array,
 def cosine_similarity(net: kernel.Network, variables: Any, items: Items, *,
                       render: canvas.Renderer, base_centre: tuple[int, int], centres: np.ndarray,
                       layers: Sequence[str] | str | None = None, centres_per_chunk: int = 8,
-                      mesh: Mesh | None = None) -> SimilarityResult:
+                      mesh: Mesh | None = None,
+                      item_index: np.ndarray | None = None) -> SimilarityResult:
   """Per-layer cosine similarity between each item at ``base_centre`` and at each of ``centres``.
 
   For seed s, layer l, centre d and item i: cos(flat(act_l(item_i at base)), flat(act_l(item_i
@@ -257,10 +298,27 @@ def cosine_similarity(net: kernel.Network, variables: Any, items: Items, *,
       picks the largest chunk that fits half the free device memory (8 where it cannot be read).
     mesh: optional device mesh to split each call's canvases over (the chunk is rounded up so
       that they divide evenly); None runs on the default device.
+    item_index: int [S, I]: seed s compares the items ``item_index[s]`` of ``items`` (each
+      seed its own draw, ``item_indices``; the same classes in the same order for every seed);
+      None: every seed compares all of ``items``.
 
   Returns:
     A ``SimilarityResult``; ``.per_item`` is [S, L, D, I], ``.mean`` [L, D].
   """
+  if item_index is not None:
+    # One seed at a time on its own items: same shapes for every seed, so one compilation.
+    item_index = np.asarray(item_index, np.int64)
+    parts = [cosine_similarity(
+        net, jax.tree.map(lambda v, s=s: v[s:s + 1], variables),
+        Items(images=jnp.take(items.images, jnp.asarray(index, jnp.int32), axis=0),
+              labels=jnp.take(items.labels, jnp.asarray(index, jnp.int32), axis=0)),
+        render=render, base_centre=base_centre, centres=centres, layers=layers,
+        centres_per_chunk=centres_per_chunk, mesh=mesh) for s, index in enumerate(item_index)]
+    if len({tuple(p.labels) for p in parts}) != 1:
+      raise ValueError("item_index: every seed must compare items of the same classes, in the "
+                       "same order")
+    return dataclasses.replace(parts[0], item_index=item_index,
+                               per_item=np.concatenate([p.per_item for p in parts]))
   centres = np.asarray(centres, np.int32).reshape(-1, 2)
   base_centre = np.asarray(base_centre, np.int32)
   names, _ = resolve_layers(net, variables, items.images, render, layers)

@@ -3,8 +3,11 @@
 A location is the item's centre ``(x, y)`` in canvas pixels, as the authors' code defines it: an item
 of size ``s`` centred at ``c`` covers pixels ``[c - s // 2, c - s // 2 + s)`` on that axis. Every
 function here returns integer centres that keep the item whole on the canvas; nothing is ever cropped.
+``training_coverage`` says where a class-region sampler puts item pixels (the exp3 and exp4
+coverage figures).
 """
 
+import dataclasses
 import math
 import re
 from typing import Callable, Sequence
@@ -329,6 +332,41 @@ def _pixel_span(f0: float, f1: float, canvas_size: int) -> tuple[int, int]:
   return (math.floor(f0 * canvas_size + 0.5 + _EPS), math.floor(f1 * canvas_size + 0.5 + _EPS))
 
 
+def region_pixels(canvas_size: int, boxes: Sequence[Sequence[float]]) -> np.ndarray:
+  """The canvas pixels of a region, as ``fit="whole"`` reads its boxes.
+
+  A box covers pixels ``[round(f0 * canvas), round(f1 * canvas))`` per axis, rounded half up.
+
+  Args:
+    canvas_size: canvas side in pixels.
+    boxes: the region, one or more ``(fx0, fx1, fy0, fy1)``.
+
+  Returns:
+    bool [canvas_size, canvas_size] indexed ``[y, x]``.
+  """
+  pixels = np.zeros((canvas_size, canvas_size), bool)
+  for box in boxes:
+    fx0, fx1, fy0, fy1 = _check_box(box)
+    x0, x1 = _pixel_span(fx0, fx1, canvas_size)
+    y0, y1 = _pixel_span(fy0, fy1, canvas_size)
+    pixels[y0:y1, x0:x1] = True
+  return pixels
+
+
+def _centres_inside(pixels: np.ndarray, item_size: int) -> np.ndarray:
+  """Whole-item centres whose every pixel is in ``pixels``: bool [canvas, canvas], [y, x]."""
+  canvas_size = pixels.shape[0]
+  lo, hi = centre_range(canvas_size, item_size)
+  # Summed-area table: a window is inside the region iff all its item_size**2 pixels are.
+  table = np.pad(pixels.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+  s = item_size
+  window = table[s:, s:] - table[:-s, s:] - table[s:, :-s] + table[:-s, :-s]  # [top, left]
+  # The window with top-left pixel (left, top) is the item centred at (left + s//2, top + s//2).
+  mask = np.zeros_like(pixels)
+  mask[lo:hi + 1, lo:hi + 1] = window == s * s
+  return mask
+
+
 def allowed_centres(canvas_size: int, item_size: int, boxes: Sequence[Sequence[float]],
                     fit: str = "centre") -> np.ndarray:
   """Where an item may be centred so that it is whole on the canvas and inside a region.
@@ -368,17 +406,7 @@ def allowed_centres(canvas_size: int, item_size: int, boxes: Sequence[Sequence[f
       y0, y1 = _centre_span(fy0, fy1, lo, hi)
       mask[y0:y1, x0:x1] = True
   else:
-    pixels = np.zeros((canvas_size, canvas_size), bool)
-    for fx0, fx1, fy0, fy1 in boxes:
-      x0, x1 = _pixel_span(fx0, fx1, canvas_size)
-      y0, y1 = _pixel_span(fy0, fy1, canvas_size)
-      pixels[y0:y1, x0:x1] = True
-    # Summed-area table: a window is inside the region iff all its item_size**2 pixels are.
-    table = np.pad(pixels.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    s = item_size
-    window = table[s:, s:] - table[:-s, s:] - table[s:, :-s] + table[:-s, :-s]  # [top, left]
-    # The window with top-left pixel (left, top) is the item centred at (left + s//2, top + s//2).
-    mask[lo:hi + 1, lo:hi + 1] = window == s * s
+    mask = _centres_inside(region_pixels(canvas_size, boxes), item_size)
   if not mask.any():
     names = " + ".join(_box_name(box) for box in boxes) or "(no boxes)"
     raise ValueError(
@@ -405,6 +433,17 @@ def _parse_classes(text: str, spec: str, num_classes: int) -> list[int]:
                        f"num_classes is {num_classes}")
     classes.extend(range(first, last + 1))
   return classes
+
+
+def _union_boxes(regions_text: str, spec: str) -> list[Box]:
+  """The boxes of ``"name+name..."`` (each box once, in order); errors name the layout."""
+  boxes = []
+  for name in regions_text.split("+"):
+    try:
+      boxes.extend(box for box in region_boxes(name.strip()) if box not in boxes)
+    except ValueError as e:
+      raise ValueError(f"layout {spec!r}: {e}") from None
+  return boxes
 
 
 def parse_layout(spec: str, num_classes: int) -> list[list[Box]]:
@@ -435,12 +474,7 @@ def parse_layout(spec: str, num_classes: int) -> list[list[Box]]:
       raise ValueError(f"layout {spec!r}: malformed entry {entry.strip()!r}; write "
                        "'CLASSES:REGION[+REGION...]', e.g. '0-1:area0'")
     classes_text, regions_text = (part.strip() for part in entry.split(":"))
-    boxes = []
-    for name in regions_text.split("+"):
-      try:
-        boxes.extend(box for box in region_boxes(name.strip()) if box not in boxes)
-      except ValueError as e:
-        raise ValueError(f"layout {spec!r}: {e}") from None
+    boxes = _union_boxes(regions_text, spec)
     if classes_text == "*":
       if rest is not None:
         raise ValueError(f"layout {spec!r}: more than one '*' entry; keep one")
@@ -501,6 +535,128 @@ def layout_masks(canvas_size: int, item_size: int, spec: str, num_classes: int,
   """
   return np.stack([allowed_centres(canvas_size, item_size, boxes, fit)
                    for boxes in parse_layout(spec, num_classes)])
+
+
+@dataclasses.dataclass(frozen=True)
+class RegionGroup:
+  """The classes a layout trains in one region (exp4 condition 2: A-S, and T-Z).
+
+  Attributes:
+    classes: the class indices, increasing.
+    region: the layout's name for the region, e.g. ``"all_but_upper_right"``.
+    boxes: the region's boxes.
+  """
+  classes: tuple[int, ...]
+  region: str
+  boxes: tuple[Box, ...]
+
+
+def layout_groups(spec: str, num_classes: int) -> list[RegionGroup]:
+  """The classes of ``spec`` grouped by region, in order of their first class.
+
+  Args:
+    spec: the layout (``parse_layout``).
+    num_classes: how many classes there are.
+
+  Returns:
+    One group per distinct region.
+  """
+  names = {}
+  for entry in spec.split(";"):
+    if entry.count(":") == 1:
+      text = entry.split(":")[1].strip()
+      names.setdefault(tuple(_union_boxes(text, spec)), text)
+  groups: dict[tuple[Box, ...], list[int]] = {}
+  for k, boxes in enumerate(parse_layout(spec, num_classes)):
+    groups.setdefault(tuple(boxes), []).append(k)
+  return [RegionGroup(tuple(classes), names[boxes], boxes) for boxes, classes in groups.items()]
+
+
+def coverage_map(mask: np.ndarray, item_size: int) -> np.ndarray:
+  """How often each pixel is covered by an item centred uniformly over ``mask``'s centres.
+
+  Exact: pixel ``p`` is covered by the items centred in ``[p - (s - 1 - s // 2), p + s // 2]``
+  on each axis, so the map is a box sum of the mask (a summed-area table), over its count.
+
+  Args:
+    mask: bool [canvas, canvas] indexed ``[y, x]``: the allowed centres (``allowed_centres``),
+      all keeping the item whole.
+    item_size: item side ``s`` in pixels.
+
+  Returns:
+    float64 [canvas, canvas] in [0, 1]: the probability that a drawn item covers the pixel; it
+    sums to ``s * s``.
+  """
+  canvas_size = mask.shape[0]
+  s = item_size
+  table = np.pad(mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+  p = np.arange(canvas_size)
+  start = np.clip(p - (s - 1 - s // 2), 0, canvas_size)  # first centre covering p
+  stop = np.clip(p + s // 2 + 1, 0, canvas_size)         # one past the last
+  counts = (table[np.ix_(stop, stop)] - table[np.ix_(start, stop)]
+            - table[np.ix_(stop, start)] + table[np.ix_(start, start)])
+  return counts / mask.sum()
+
+
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+  """Where the training sampler puts one class group's item pixels (``training_coverage``).
+
+  Attributes:
+    group: the classes and their region.
+    centres: the allowed centres, bool [canvas, canvas] ([y, x]).
+    pixels: the region's pixels (``region_pixels``), bool [canvas, canvas].
+    map: ``coverage_map`` of ``centres``, float64 [canvas, canvas].
+    spilling: how many allowed centres put at least one item pixel outside ``pixels``.
+    outside_pixel_fraction: the mean fraction of an item's pixels outside ``pixels``.
+  """
+  group: RegionGroup
+  centres: np.ndarray
+  pixels: np.ndarray
+  map: np.ndarray
+  spilling: int
+  outside_pixel_fraction: float
+
+  @property
+  def allowed(self) -> int:
+    return int(self.centres.sum())
+
+  def numbers(self) -> dict:
+    """The JSON-ready figures (no maps)."""
+    return {"classes": list(self.group.classes), "region": self.group.region,
+            "allowed_centres": self.allowed, "spilling_centres": self.spilling,
+            "spilling_fraction": self.spilling / self.allowed,
+            "outside_pixel_fraction": self.outside_pixel_fraction}
+
+
+def training_coverage(canvas_size: int, item_size: int, spec: str, num_classes: int,
+                      fit: str = "centre") -> list[Coverage]:
+  """Per class group of a layout, the training pixel coverage and how far items leave the region.
+
+  Under ``fit="centre"`` an item centred near a region's edge covers pixels of the next region
+  (exp4 condition 1 on 224 / 50: 4,888 of 22,969 centres put pixels in the "empty" upper-right
+  quadrant); under ``fit="whole"`` none does. The region's pixels are the boxes read as
+  ``fit="whole"`` reads them.
+
+  Args:
+    canvas_size: canvas side in pixels.
+    item_size: item side in pixels.
+    spec: the layout (``parse_layout``).
+    num_classes: how many classes there are.
+    fit: ``"centre"`` or ``"whole"`` (``allowed_centres``).
+
+  Returns:
+    One ``Coverage`` per ``layout_groups`` group.
+  """
+  result = []
+  for group in layout_groups(spec, num_classes):
+    centres = allowed_centres(canvas_size, item_size, group.boxes, fit)
+    pixels = region_pixels(canvas_size, group.boxes)
+    cover = coverage_map(centres, item_size)
+    spilling = centres & ~_centres_inside(pixels, item_size)
+    result.append(Coverage(group, centres, pixels, cover, int(spilling.sum()),
+                           float(cover[~pixels].sum() / item_size**2)))
+  return result
 
 
 def region_sampler(canvas_size: int, item_size: int, class_boxes: Sequence[Sequence[Box]],

@@ -117,6 +117,13 @@ class ItemSet:
   class_names: tuple[str, ...]
 
 
+def class_names(dataset: str) -> tuple[str, ...]:
+  """``dataset``'s class names, indexed by label, without reading its files."""
+  if dataset not in _CLASS_NAMES:
+    raise DataError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
+  return _CLASS_NAMES[dataset]
+
+
 def resolve_data_dir(data_dir: str | None) -> pathlib.Path:
   """Returns the folder holding the original dataset files.
 

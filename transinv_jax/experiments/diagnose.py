@@ -118,27 +118,20 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
     require(bool(flat.data.dataset),
             "a weights file needs the items to measure on: set --config.data.dataset (one of "
             "mnist, fashion_mnist, kmnist, emnist_letters, leek10, leek2)")
+    # The network as it is, its own output layer kept: as exp5's and Azulay & Weiss' untrained
+    # ImageNet stages load it.
     try:
-      converted = pretrained.read_converted(path, flat.model.name)
+      num_classes, variables = pipeline.imported_network(
+          path, flat.model, (1, flat.data.canvas_size, flat.data.canvas_size, flat.data.channels),
+          platform)
     except pretrained.PretrainedError as e:
       raise checkpoints.CheckpointError(
-          f"config.checkpoint={config.checkpoint!r} as config.model.name="
-          f"{flat.model.name!r}: {e.detail}") from None
-    try:
-      num_classes = finetune.num_outputs(converted.get("params", {}))
+          f"config.checkpoint={config.checkpoint!r} read as config.model (name="
+          f"{flat.model.name!r}): {e.detail}") from None
     except ValueError:
       raise config_checks.ConfigError(
           f"config.checkpoint={config.checkpoint!r} has no output layer; diagnostics need the "
           "network's class probabilities") from None
-    model = models.build_model(flat.model, num_classes, platform)
-    target = pretrained.abstract_target(
-        model, (1, flat.data.canvas_size, flat.data.canvas_size, flat.data.channels))
-    try:
-      variables = pretrained.adapt(converted, target)
-    except pretrained.PretrainedError as e:
-      raise checkpoints.CheckpointError(
-          f"config.checkpoint={config.checkpoint!r} does not fit config.model ({e.detail})"
-      ) from None
     origin = {"kind": "weights", "path": str(path)}
     return Network(origin, jax.tree.map(lambda v: np.asarray(v)[None], variables), [0],
                    num_classes, flat, None, None)

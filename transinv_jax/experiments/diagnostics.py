@@ -93,7 +93,8 @@ def invariance_test(net: kernel.Network, variables: Any, item_set: sources.ItemS
   leftmost = locations.leftmost_centred_centre(d.canvas_size, d.item_size)
   displaced = similarity.displaced_centres(
       leftmost, locations.paper_axis(d.canvas_size, d.item_size, ev.grid_step))
-  # One item per class among the measured items (the first of each), as exp5 takes them.
+  # One item per class among the measured items: the first of each (exp5's similarity test
+  # draws them by the seed instead, similarity.item_indices).
   _, first_of_class = np.unique(item_set.labels, return_index=True)
   chosen = np.sort(first_of_class)
   similar_items = Items(images=items.images[chosen], labels=items.labels[chosen])

@@ -115,6 +115,8 @@ def stage_key(config: ml_collections.ConfigDict, name: str) -> str:
     identity[section] = {k: v for k, v in flat[section].items() if (section, k) not in _RUN_ONLY}
   if entry.untrained:
     identity.pop("train")
+  if keeps_file_head(entry):  # not the earlier stages that put a fresh task head on the file
+    identity["output_layer"] = "file"
   if identity["model"]["pretrained"]:  # the file's contents, not where it lies
     identity["model"]["pretrained"] = pathlib.Path(identity["model"]["pretrained"]).name
   digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
@@ -329,6 +331,39 @@ def make_sampler(data: ml_collections.ConfigDict, num_classes: int) -> locations
                                 fit=data.fit, border=data.border)
 
 
+def keeps_file_head(entry: ml_collections.ConfigDict) -> bool:
+  """Whether a stage is the ImageNet network measured as it is (``untrained`` + ``imagenet``):
+  the file's own output layer (ImageNet's 1000 classes) is kept, not a fresh task head, so the
+  tests that need a class take the network's own top-1 (``diagnostics.invariance_test``)."""
+  return bool(entry.untrained and entry.imagenet)
+
+
+def imported_network(path: str, model: ml_collections.ConfigDict,
+                     input_shape: tuple[int, ...], platform: str) -> tuple[int, dict]:
+  """A weights file's network as it is, with its own output layer: the untrained ImageNet stages
+  and ``configs/diagnose.py`` on a weights file.
+
+  Args:
+    path: a torchvision ``.pth`` (or Keras VGG16 ``.h5``) file.
+    model: ``config.model`` (name, padding, pooling, width 1).
+    input_shape: ``(1, canvas, canvas, channels)``.
+    platform: the JAX backend (the compute dtype).
+
+  Returns:
+    ``(num_classes, variables)``: the file's class count and its variables for
+    ``models.build_model(model, num_classes)`` (one network, not stacked over seeds).
+
+  Raises:
+    pretrained.PretrainedError: the file is unreadable or does not fit ``model``.
+    ValueError: the file has no output layer.
+  """
+  converted = pretrained.read_converted(path, model.name)
+  num_classes = finetune.num_outputs(converted.get("params", {}))
+  target = pretrained.abstract_target(models.build_model(model, num_classes, platform),
+                                      input_shape)
+  return num_classes, pretrained.adapt(converted, target)
+
+
 # ---------------------------------------------------------------------------------------------
 # Stages
 
@@ -419,7 +454,12 @@ class Pipeline:
                    parent: TrainedStage | None) -> TrainedStage:
     d, t = flat.data, flat.train
     train_set, train_items = self.items(d, "train", d.max_train_items)
-    model = models.build_model(flat.model, train_set.num_classes, self.platform)
+    num_classes, imported = train_set.num_classes, None
+    if keeps_file_head(entry):  # the network as it is: the file's classes, not the items'
+      num_classes, imported = imported_network(flat.model.pretrained, flat.model,
+                                               (1, d.canvas_size, d.canvas_size, d.channels),
+                                               self.platform)
+    model = models.build_model(flat.model, num_classes, self.platform)
     init_keys, data_keys = (jnp.stack(keys) for keys in
                             zip(*(jax.random.split(jax.random.key(s)) for s in self.seeds)))
     policy = finetune_policy(self.config, name) if parent is not None else "all"
@@ -433,6 +473,14 @@ class Pipeline:
         raise config_checks.ConfigError(f"stage {name} (parent {entry.parent}): {e}") from None
       state = state.replace(params=variables["params"],
                             batch_stats=variables.get("batch_stats", state.batch_stats))
+    elif imported is not None:
+      variables = jax.device_put(
+          jax.tree.map(lambda v: np.stack([np.asarray(v)] * len(self.seeds)), imported),
+          sharding.replicated(self.mesh))
+      state = state.replace(params=variables["params"],
+                            batch_stats=variables.get("batch_stats", state.batch_stats))
+      logging.info("stage %s: the network of %s as it is (its %d outputs kept)", name,
+                   flat.model.pretrained, num_classes)
     elif flat.model.pretrained:
       variables = pretrained.load_pretrained(flat.model.pretrained, flat.model.name,
                                              jax.device_get(state.variables))
@@ -452,7 +500,7 @@ class Pipeline:
       result = train.TrainResult(state=state, stop_reason=["untrained"] * len(self.seeds),
                                  steps=[0] * len(self.seeds),
                                  final_train_accuracy=[None] * len(self.seeds),
-                                 seconds=0.0)
+                                 seconds=0.0, block_mean=[None] * len(self.seeds))
     else:
       result = self._run_training(name, index, flat, state, train_items, data_keys,
                                   train_set.num_classes, mean, std, directory)
@@ -464,13 +512,18 @@ class Pipeline:
     summary = {"stage": name, "key": directory.name, "parent": entry.parent,
                "dataset": d.dataset, "train_location": d.train_location, "seeds": self.seeds,
                "stop_reason": reasons, "steps": steps, "final_train_accuracy": accuracy,
-               "train_seconds": result.seconds, "num_classes": train_set.num_classes,
-               "class_names": list(train_set.class_names),
+               # The stop rule's block mean at the stop (train.StopRule), per seed.
+               "stop_block_mean": result.block_mean,
+               "stop_rule": {"accuracy": t.stop_accuracy, "window": t.stop_window,
+                             "block": t.stop_block, "max_steps": t.max_steps},
+               "train_seconds": result.seconds, "num_classes": num_classes,
+               # The file's own classes have no names here (ImageNet's 1000 for VGG16).
+               "class_names": list(train_set.class_names) if imported is None else [],
                "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist()}
     if workdir_lib.is_writer():
       workdir_lib.write_json_atomic(directory / "done.json", summary)
     return TrainedStage(result.state.variables, np.asarray(mean), np.asarray(std),
-                        train_set.num_classes, summary)
+                        num_classes, summary)
 
   def _run_training(self, name, index, flat, state, train_items, data_keys, num_classes,
                     mean, std, directory) -> train.TrainResult:
@@ -497,9 +550,10 @@ class Pipeline:
       board.write_scalars(step, {k: float(np.nanmean(np.asarray(record[k], np.float64)))
                                  for k in ("loss", "train_accuracy", "steps_per_sec")})
       shown = {k: np.round(v, 3).tolist() for k, v in record.items()}
-      logging.info("[stage %d/%d %s] step %s loss %s train_accuracy %s streak %s "
-                   "(%s steps/s, at most %s s to go)", index, total, name, shown["step"],
-                   shown["loss"], shown["train_accuracy"], shown["streak"],
+      logging.info("[stage %d/%d %s] step %s loss %s train_accuracy %s block_mean %s "
+                   "streak %s (%s steps/s, at most %s s to go)", index, total, name,
+                   shown["step"], shown["loss"], shown["train_accuracy"], shown["block_mean"],
+                   shown["streak"],
                    shown["steps_per_sec"], shown["eta_seconds"])
       # Stages still to train after this one, each at most max_steps: an upper bound.
       later = sum(1 for s in self.order[index:] if s not in self._stages)
@@ -513,7 +567,7 @@ class Pipeline:
     try:
       result = train.train_loop(
           state, train_items, data_keys,
-          stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps),
+          stop=train.StopRule(t.stop_accuracy, t.stop_window, t.max_steps, t.stop_block),
           log_every=t.log_every, scan_steps=t.scan_steps, on_metrics=on_metrics,
           on_checkpoint=ckpts.save, checkpoint_every=t.checkpoint_every,
           seeds_mode=self.config.get("seeds_mode", "sequential"),
@@ -599,30 +653,68 @@ class Pipeline:
                        trained_centre(stage_data), title=f"{self.config.experiment} {name}")
 
   def _similarity(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
-    # Any network's layers can be compared on any items: the output layer is not used.
+    # Any network's layers can be compared on any items: its classes need not be theirs.
     test_set, test_items = self._test_items(flat, trained, name, same_classes=False)
     d = flat.data
     base = locations.leftmost_centred_centre(d.canvas_size, d.item_size)
     axis = test_axes(flat)
     centres = np.stack([axis, np.full_like(axis, base[1])], -1).astype(np.int32)
-    chosen = similarity.pick_items(test_items, test_set.num_classes,
-                                   flat.eval.similarity_items_per_class)
+    # Each seed's network on its own draw of items per class (the authors draw them at random).
+    per_class = flat.eval.similarity_items_per_class
+    index = np.stack([similarity.item_indices(test_set.labels, test_set.num_classes, per_class,
+                                              seed=s) for s in self.seeds])         # [S, I]
+    mean, std, normalisation = self._similarity_normalisation(flat, trained)
+    # Every conv and linear layer, the output layer last, as the authors hook them.
     result = similarity.cosine_similarity(
-        self._net(flat, trained.num_classes), trained.variables, chosen,
-        render=self._render(d, trained.mean, trained.std), base_centre=base, centres=centres)
+        self._net(flat, trained.num_classes), trained.variables, test_items,
+        render=self._render(d, mean, std), base_centre=base, centres=centres,
+        layers="all+logits", item_index=index)
     layers, means = result.layers, result.seed_mean                        # [S, L, D]
     if workdir_lib.is_writer():
       workdir_lib.write_npz_atomic(
           directory / "similarity.npz", layers=np.array(layers), centres=centres,
           displacements=result.displacements, seeds=np.array(self.seeds), seed_mean=means,
-          mean=result.mean, std=result.std, per_item=result.per_item)
-    penultimate = layers.index("pre_logits") if "pre_logits" in layers else len(layers) - 1
+          mean=result.mean, std=result.std, per_item=result.per_item, item_index=index,
+          item_labels=result.labels, canvas_mean=mean, canvas_std=std)
+    # The penultimate layer (the main figure's): the one the output layer reads.
+    penultimate = len(layers) - 2 if layers[-1] == "logits" and len(layers) > 1 else -1
     return {"layers": layers, "displacements": result.displacements.tolist(),
             "penultimate": layers[penultimate],
             "penultimate_similarity": means[:, penultimate].mean(0).tolist(),
             "penultimate_similarity_std": means[:, penultimate].std(0).tolist(),
             "mean_penultimate_similarity": float(means[:, penultimate].mean()),
-            "mean_penultimate_similarity_std": float(means[:, penultimate].mean(1).std())}
+            "mean_penultimate_similarity_std": float(means[:, penultimate].mean(1).std()),
+            "output_similarity": (means[:, -1].mean(0).tolist()
+                                  if layers[-1] == "logits" else None),
+            "items_per_class": int(per_class),
+            "item_indices": {str(s): i.tolist() for s, i in zip(self.seeds, index)},
+            "item_indices_of": f"the {_split(entry)} split of {d.dataset} as loaded "
+                               "(config.data.classes applied)",
+            "item_labels": result.labels.tolist(), "normalisation": normalisation}
+
+  def _similarity_normalisation(self, flat, trained: TrainedStage):
+    """The canvas normalisation of a similarity test: the statistics of the items' dataset (its
+    training canvases), whatever network is measured.
+
+    The authors' ``CosSim`` renders each canvas with the ``transform`` of the dataset it is given,
+    the items' dataset, whose mean and std their generators estimate from that dataset itself. So
+    the network pretrained on P and measured on F's items before fine-tuning sees F's
+    normalisation, as it does after fine-tuning on F (the canvases differ only by the network);
+    the untrained and ImageNet networks see their items' too (not ImageNet's statistics).
+
+    Returns:
+      ``(mean, std, record)``: float32 [channels] each, and what the result record states.
+    """
+    d = flat.data
+    _, train_items = self.items(d, "train", d.max_train_items)
+    mean, std = canvas_normalisation(d, train_items.images)
+    source = (f"{d.dataset} train canvases (the items' dataset, as the authors' CosSim "
+              "normalises)" if d.get("normalise", True) else "none (config.data.normalise=False)")
+    return mean, std, {
+        "mean": np.asarray(mean).tolist(), "std": np.asarray(std).tolist(), "from": source,
+        "stage_normalisation": {"mean": np.asarray(trained.mean).tolist(),
+                                "std": np.asarray(trained.std).tolist()},
+        "same_as_stage": bool(np.allclose(mean, trained.mean) and np.allclose(std, trained.std))}
 
   def _accuracy(self, name, entry, flat, trained: TrainedStage, directory) -> dict:
     del directory  # the record is the whole result
@@ -754,15 +846,27 @@ def check_inputs(pipeline: Pipeline) -> None:
       raise config_checks.ConfigError(
           f"stage {name}: config.data.train_location={flat.data.train_location!r}, "
           f"layout={flat.data.layout!r}: {e}") from None
-    if flat.model.pretrained:
+    d = flat.data
+    if keeps_file_head(config.stages[name]):
+      try:
+        imported_network(flat.model.pretrained, flat.model,
+                         (1, d.canvas_size, d.canvas_size, d.channels), pipeline.platform)
+      except pretrained.PretrainedError as e:
+        raise pretrained.PretrainedError(e.detail, flat.model.pretrained) from None
+      except ValueError as e:
+        raise config_checks.ConfigError(
+            f"stage {name} measures the network of {flat.model.pretrained} as it is, which "
+            f"needs its output layer: {e}") from None
+    elif flat.model.pretrained:
       model = models.build_model(flat.model, train_set.num_classes, pipeline.platform)
-      d = flat.data
       target = pretrained.abstract_target(model, (1, d.canvas_size, d.canvas_size, d.channels))
       pretrained.load_pretrained(flat.model.pretrained, flat.model.name,
                                  jax.tree.map(lambda x: x[None], target))  # one seed shows the fit
   for name in config.tests:
     flat = test_config(config, name)
     pipeline.items(flat.data, _split(config.tests[name]), _test_max_items(config, name, flat))
+    if config.tests[name].kind == "similarity":  # its normalisation: the items' training canvases
+      pipeline.items(flat.data, "train", flat.data.max_train_items)
 
 
 def workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,

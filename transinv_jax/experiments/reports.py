@@ -11,6 +11,12 @@ the figures depend on the experiment:
   exp4   heatmaps of each test (figures 4, 8); for conditions 3.x, separate heatmaps of the
          fully translated classes and of the upper-right-only classes (figure 9); per class in
          each test's folder (figure 7)
+  any stage trained in class regions (exp3, exp4)  ``coverage_<stage>.png``: per class group,
+         how often the training sampler puts item pixels on each canvas pixel, regions outlined
+         (computed from the config). The records of tests on or after that stage get
+         ``training_coverage`` (per group: allowed centres, and how many put pixels outside the
+         group's region); sweeps of the stage itself get ``accuracy_by_region`` (per group:
+         accuracy at the tested centres inside and outside its region)
   exp5   penultimate cosine similarity against displacement per network and dataset (figure 5A);
          before vs after fine-tuning for each pretraining dataset (figures 5B, 10); every layer
          by displacement (figure 11) and at the largest displacement (figure 12)
@@ -23,6 +29,7 @@ the figures depend on the experiment:
 """
 
 import csv
+import dataclasses
 import io
 import json
 import pathlib
@@ -33,6 +40,7 @@ import numpy as np
 
 from transinv_jax import plots
 from transinv_jax import workdir as workdir_lib
+from transinv_jax.data import locations, sources
 from transinv_jax.experiments import diagnostics, spec
 from transinv_jax.models import layers
 
@@ -89,7 +97,9 @@ def write(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   """Writes the tables and the experiment's figures; returns the summary's results part."""
   figures = workdir / "figures"
   written = []
+  coverage = _training_coverage(config)
   if workdir_lib.is_writer():
+    records = _with_coverage(config, workdir, records, coverage)
     workdir_lib.write_bytes_atomic(workdir / "results.csv", table(records).encode())
     workdir_lib.write_json_atomic(workdir / "results.json", list(records))
     sweeps = [r for r in records if r["kind"] == "sweep"]
@@ -102,6 +112,7 @@ def write(config: ml_collections.ConfigDict, workdir: pathlib.Path,
       written += _transfer_figures(sweeps, figures, config.experiment)
     if config.experiment == "exp4":
       written += _class_group_heatmaps(workdir, sweeps, figures)
+    written += _coverage_figures(config, coverage, figures)
     if sims:
       written += _similarity_figures(workdir, sims, figures)
     accuracy = [r for r in records if r["kind"] == "accuracy"]
@@ -113,6 +124,8 @@ def write(config: ml_collections.ConfigDict, workdir: pathlib.Path,
                                                 config.experiment)
   summary = {"results": [{k: r.get(k) for k in COLUMNS if k in r} for r in records],
              "figures": sorted(str(p.relative_to(workdir)) for p in written)}
+  if coverage:
+    summary["training_coverage"] = {name: _coverage_numbers(c) for name, c in coverage.items()}
   return summary
 
 
@@ -178,6 +191,125 @@ def _transfer_figures(sweeps, figures, experiment) -> list[pathlib.Path]:
                      "(error bars: std over seeds)",
                      ylabel="normalised accuracy", chance=None, legend_title="fine-tuned on")
   return [matrix, bars]
+
+
+def _class_span(names: Sequence[str], classes: Sequence[int]) -> str:
+  """``"A-S"`` for consecutive classes, ``"A"`` for one, else the names joined by commas."""
+  chosen = [str(names[k]) if k < len(names) else str(k) for k in classes]
+  if len(chosen) == 1:
+    return chosen[0]
+  if list(classes) == list(range(classes[0], classes[-1] + 1)):
+    return f"{chosen[0]}-{chosen[-1]}"
+  return ",".join(chosen)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageCoverage:
+  """A regions stage's training coverage (``locations.training_coverage``) and what it used."""
+  data: dict  # the stage's resolved data section
+  class_names: tuple[str, ...]
+  groups: list[locations.Coverage]
+
+
+def _training_coverage(config: ml_collections.ConfigDict) -> dict[str, StageCoverage]:
+  """Every stage trained with ``train_location="regions"``, by name: its coverage per group."""
+  # Here, not on top: pipeline imports this module.
+  from transinv_jax.experiments import pipeline  # pylint: disable=g-import-not-at-top
+  found = {}
+  for name in config.get("stages", {}):
+    data = pipeline.stage_config(config, name).data
+    if data.train_location != "regions":
+      continue
+    names = sources.class_names(data.dataset)[:data.classes or None]
+    found[name] = StageCoverage(
+        data.to_dict(), names, locations.training_coverage(
+            data.canvas_size, data.item_size, data.layout, len(names), data.fit))
+  return found
+
+
+def _coverage_numbers(stage: StageCoverage) -> dict:
+  """The JSON figures of a stage's coverage (what ``_coverage_figures`` draws, in numbers)."""
+  d = stage.data
+  return {"fit": d["fit"], "canvas_size": d["canvas_size"], "item_size": d["item_size"],
+          "layout": d["layout"],
+          "groups": [{"names": _class_span(stage.class_names, g.group.classes), **g.numbers()}
+                     for g in stage.groups]}
+
+
+def _with_coverage(config, workdir, records, coverage) -> list[dict]:
+  """``records`` with ``training_coverage`` on the tests of a regions stage (or a stage after
+  one) and ``accuracy_by_region`` on the sweeps of a regions stage itself."""
+  if not coverage:
+    return list(records)
+  result = []
+  for record in records:
+    record = dict(record)
+    name = record.get("stage")
+    while name and name not in coverage:  # a fine-tune inherits its parent's training
+      name = config.stages[name].parent if name in config.stages else ""
+    if name:
+      record["training_coverage"] = {"stage": name, **_coverage_numbers(coverage[name])}
+    if (name and name == record["stage"] and record["kind"] == "sweep"
+        and record.get("num_classes") == len(coverage[name].class_names)):
+      record["accuracy_by_region"] = _accuracy_by_region(
+          _sweep(workdir, record["test"]), coverage[name])
+    result.append(record)
+  return result
+
+
+def _accuracy_by_region(sweep: dict, stage: StageCoverage) -> dict:
+  """Per class group, accuracy at the tested centres inside its region and outside it.
+
+  Inside is the region as ``fit="centre"`` reads it (the boxes cut the centres' range), which
+  splits the test grid exactly whatever the stage's fit: exp4 condition 1's "outside" is the
+  upper-right quadrant's centres under both fits.
+
+  Args:
+    sweep: the test's sweep.npz (``correct`` [S, centres, classes], ``totals`` [classes],
+      ``centres`` [centres, 2] as (x, y)).
+    stage: the tested stage's coverage.
+
+  Returns:
+    ``{region: {"names", "inside", "inside_std", "inside_per_seed", "inside_centres", and the
+    same for "outside"}}``; accuracy over the group's test items (NaN where no centre falls).
+  """
+  d = stage.data
+  x, y = sweep["centres"][:, 0], sweep["centres"][:, 1]
+  correct, totals = sweep["correct"], sweep["totals"]
+  result = {}
+  for g in stage.groups:
+    classes = list(g.group.classes)
+    inside = locations.allowed_centres(d["canvas_size"], d["item_size"], g.group.boxes,
+                                       "centre")[y, x]                         # [centres]
+    entry = {"names": _class_span(stage.class_names, classes)}
+    for where, chosen in (("inside", inside), ("outside", ~inside)):
+      items = chosen.sum() * totals[classes].sum()
+      with np.errstate(invalid="ignore", divide="ignore"):
+        per_seed = correct[:, chosen][..., classes].sum((1, 2)) / items     # [S]
+      entry.update({where: float(per_seed.mean()), f"{where}_std": float(per_seed.std()),
+                    f"{where}_per_seed": per_seed.tolist(), f"{where}_centres": int(chosen.sum())})
+    result[g.group.region] = entry
+  return result
+
+
+def _coverage_figures(config, coverage, figures) -> list[pathlib.Path]:
+  """``coverage_<stage>.png`` for every regions stage: one panel per class group."""
+  written = []
+  for name, stage in coverage.items():
+    d = stage.data
+    titles = []
+    for g in stage.groups:
+      n = g.numbers()
+      titles.append(f"{_class_span(stage.class_names, g.group.classes)}: {g.group.region}\n"
+                    f"{n['spilling_centres']:,} of {n['allowed_centres']:,} centres "
+                    f"({100 * n['spilling_fraction']:.0f}%) leave it")
+    path = figures / f"coverage_{name}.png"
+    plots.coverage_panels(
+        [g.map for g in stage.groups], [g.pixels for g in stage.groups], str(path),
+        titles=titles, title=f"{config.experiment} {name}: training pixel coverage per class "
+        f"group\n(fit={d['fit']}, canvas {d['canvas_size']}, items {d['item_size']})")
+    written.append(path)
+  return written
 
 
 def _class_group_heatmaps(workdir, sweeps, figures) -> list[pathlib.Path]:

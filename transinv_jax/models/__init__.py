@@ -9,6 +9,7 @@
   blur_size   1..7, the binomial filter of BlurPool / MaxBlurPool / APS (1 = no blur)
   avg_pool_size  the average pool's window (Azulay & Weiss: 6)
   batch_norm  VGG with BatchNorm (ResNets always have it)
+  batch_norm_stats  running | batch   (what every BatchNorm normalises with at test time)
   head        default | classifier | gap | gmp
 """
 
@@ -23,6 +24,10 @@ from transinv_jax.models import layers, resnet, small, vgg
 MODELS = ("vgg11", "vgg13", "vgg16", "vgg19", "resnet18", "resnet34", "resnet50", "fcn", "rook")
 POOLINGS = ("max", "avg", "blur", "aps")
 RESNETS = resnet.RESNETS
+# "running": running averages at test time (torch's model.eval()); "batch": the batch's own
+# statistics in training and testing alike, no running averages (BatchNorm2d(
+# track_running_stats=False), the authors' framework).
+BATCH_NORM_STATS = ("running", "batch")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -38,6 +43,7 @@ def default_config() -> ml_collections.ConfigDict:
   config.blur_size = 3            # binomial filter size for blur / aps, 1..7 (1 = none)
   config.avg_pool_size = 6        # pooling="avg": Azulay & Weiss' 6x6 average pool
   config.batch_norm = False       # VGG-BN (ResNets always use BatchNorm)
+  config.batch_norm_stats = "running"  # running | batch: BatchNorm's statistics at test time
   config.head = "default"         # default | classifier | gap | gmp
   config.pretrained = ""          # torchvision .pth / Keras VGG16 .h5 to start from ("" = none)
   return config
@@ -78,6 +84,43 @@ def vgg_pool(config: ml_collections.ConfigDict) -> layers.PoolFn:
   raise ValueError(f"unknown pooling {config.pooling!r}; use one of {POOLINGS}")
 
 
+def has_batch_norm(config: ml_collections.ConfigDict) -> bool:
+  """Whether the model ``config`` describes has BatchNorm layers (VGG-BN and the ResNets)."""
+  return config.name in RESNETS or (config.name in vgg.STAGES and config.batch_norm)
+
+
+def batch_norm(config: ml_collections.ConfigDict) -> layers.ModuleDef:
+  """The BatchNorm module class of ``config.batch_norm_stats``.
+
+  ``running`` is Flax's BatchNorm with torch's momentum and epsilon: batch statistics in
+  training, running averages (the ``batch_stats`` collection) at test time. ``batch`` is
+  ``layers.BatchStatisticsNorm``: the batch's statistics always, no ``batch_stats`` at all.
+
+  Raises:
+    ValueError: an unknown value, or ``batch`` for a model without BatchNorm.
+  """
+  stats = config.get("batch_norm_stats", "running")  # configs saved before the key existed
+  if stats not in BATCH_NORM_STATS:
+    raise ValueError(f"config.model.batch_norm_stats={stats!r}: use one of "
+                     f"{', '.join(BATCH_NORM_STATS)}")
+  if stats == "batch" and not has_batch_norm(config):
+    fix = ("set config.model.batch_norm=True" if config.name in vgg.STAGES
+           else "use a VGG with config.model.batch_norm=True or a ResNet")
+    raise ValueError(f"config.model.batch_norm_stats='batch' needs BatchNorm layers, which "
+                     f"{config.name} does not have: {fix}, or keep 'running'")
+  return resnet.BatchNorm if stats == "running" else layers.BatchStatisticsNorm
+
+
+def uses_batch_statistics(model: nn.Module) -> bool:
+  """Whether ``model`` normalises by its input batch's statistics at test time too.
+
+  Such a model's answer for an item depends on the batch it comes in; ``kernel.Inference``
+  reads this to run evaluations on the items at one placement at a time.
+  """
+  norm = getattr(model, "norm", None)
+  return getattr(norm, "func", norm) is layers.BatchStatisticsNorm
+
+
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
                 platform: str = "cpu") -> nn.Module:
   """The module that ``config`` (a ``config.model`` section) describes.
@@ -91,6 +134,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
     An unbound Flax module; ``init``/``apply`` it with ``x`` and ``train=``.
   """
   dtype = compute_dtype(config.dtype, platform)
+  norm = batch_norm(config)  # validates batch_norm_stats for every model
   conv = functools.partial(layers.Conv, padding=config.padding)
   head = None if config.head == "default" else config.head
   if config.name in vgg.STAGES:
@@ -100,13 +144,13 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int,
         conv=functools.partial(conv, kernel_size=3),
         # Pairs, not a dict: a hashable module can key caches of compiled programs.
         padding_overrides=tuple(sorted(parse_overrides(config.padding_overrides).items())),
-        norm=resnet.BatchNorm if config.batch_norm else None, pool=vgg_pool(config),
+        norm=norm if config.batch_norm else None, pool=vgg_pool(config),
         dtype=dtype)
   if config.name in RESNETS:
     if config.pooling not in ("max", "blur"):
       raise ValueError(f"ResNets take pooling max or blur, not {config.pooling!r}")
     return RESNETS[config.name](
-        num_classes=num_classes, width=config.width, conv=conv, head=head or "gap",
+        num_classes=num_classes, width=config.width, conv=conv, norm=norm, head=head or "gap",
         blur_size=config.blur_size if config.pooling == "blur" else 0, dtype=dtype)
   if config.name == "fcn":
     return small.FCN(num_classes=num_classes, width=config.width, dtype=dtype)

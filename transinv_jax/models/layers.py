@@ -1,12 +1,14 @@
-"""Building blocks that models take as injected callables: convolutions and pooling.
+"""Building blocks that models take as injected callables: convolutions, normalisation, pooling.
 
-Blocks never pick their own conv or pool: a model receives ``conv`` (a Flax module class, usually a
-``functools.partial`` of ``Conv``) and ``pool`` (a function of ``x``), so padding modes and
-anti-aliased downsampling plug in without touching the model definitions.
+Blocks never pick their own conv, norm or pool: a model receives ``conv`` and ``norm`` (Flax module
+classes, usually ``functools.partial`` of ``Conv`` / a BatchNorm) and ``pool`` (a function of
+``x``), so padding modes, BatchNorm statistics and anti-aliased downsampling plug in without
+touching the model definitions.
 
 Everything here works on ``[batch, height, width, channels]`` arrays and follows PyTorch's semantics
-(``nn.Conv2d`` padding modes, ``MaxPool2d``, ``AvgPool2d``) and the peers' reference code: Zhang's
-BlurPool and Chaman & Dokmanic's adaptive polyphase sampling (APS).
+(``nn.Conv2d`` padding modes, ``BatchNorm2d(track_running_stats=False)``, ``MaxPool2d``,
+``AvgPool2d``) and the peers' reference code: Zhang's BlurPool and Chaman & Dokmanic's adaptive
+polyphase sampling (APS).
 """
 
 import functools
@@ -127,6 +129,46 @@ class Conv(nn.Module):
 
 
 Conv3x3 = functools.partial(Conv, kernel_size=3)
+
+
+class BatchStatisticsNorm(nn.Module):
+  """BatchNorm that always normalises by the statistics of its input batch.
+
+  ``torch.nn.BatchNorm2d(track_running_stats=False)``, which the authors' framework uses: the
+  same in training and in evaluation (``model.eval()`` changes nothing), and no running averages
+  are kept, so a model built with it has no ``batch_stats`` collection, and its output for an item
+  depends on the other items of the batch. The variance is the biased one, as torch normalises;
+  statistics are computed in float32 whatever ``dtype``.
+
+  What "the batch" is, is the caller's choice: in training, the training batch; in evaluation,
+  ``kernel.Inference`` runs the network on the test items at one placement at a time (see
+  ``kernel.evaluation_kernel``).
+
+  Params ``scale`` and ``bias`` ``[channels]``, named as ``flax.linen.BatchNorm``'s.
+
+  Attributes:
+    use_running_average: accepted so that models call every norm alike
+      (``norm(use_running_average=not train)``), and ignored: there is no running average.
+    epsilon: added to the variance (torch's 1e-5).
+    dtype: output dtype.
+  """
+  use_running_average: bool | None = None
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Normalises ``[batch, ..., channels]`` over every axis but the last."""
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    axes = tuple(range(x.ndim - 1))
+    x = x.astype(jnp.float32)
+    mean = x.mean(axes)
+    # Two passes, not E[x^2] - E[x]^2: no cancellation for features with a large mean.
+    var = jnp.square(x - mean).mean(axes)
+    y = (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
 
 
 def max_pool(x: jax.Array, window: int = 2, stride: int = 2, padding: int = 0) -> jax.Array:

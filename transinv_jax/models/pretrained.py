@@ -308,12 +308,14 @@ def from_torchvision(state_dict: Mapping[str, Any], name: str) -> dict:
     return value
 
   params, stats, channels = {}, {}, 0
-  for prefix, path, kind in _layout(name, "features.1.running_mean" in state):
+  # features.1 is VGG-BN's first BatchNorm (weight and bias even without running statistics).
+  for prefix, path, kind in _layout(name, "features.1.weight" in state):
     w = take(f"{prefix}.weight", _NDIM[kind])
     if kind == "bn":
       _set(params, path, {"scale": w, "bias": take(f"{prefix}.bias", 1)})
-      _set(stats, path, {"mean": take(f"{prefix}.running_mean", 1),
-                         "var": take(f"{prefix}.running_var", 1)})
+      if f"{prefix}.running_mean" in state:  # absent with track_running_stats=False
+        _set(stats, path, {"mean": take(f"{prefix}.running_mean", 1),
+                           "var": take(f"{prefix}.running_var", 1)})
       continue
     if kind == "conv":
       leaves, channels = {"kernel": w.transpose(2, 3, 1, 0)}, w.shape[0]
@@ -342,6 +344,8 @@ def to_torchvision(variables: Mapping, name: str) -> dict[str, np.ndarray]:
 
   Returns:
     torchvision's keys in its order, float32 arrays, ``num_batches_tracked`` as int64 zeros.
+    A model without ``batch_stats`` (``batch_norm_stats="batch"``) gives its BatchNorms'
+    ``weight`` and ``bias`` only, as ``BatchNorm2d(track_running_stats=False)``'s state_dict.
 
   Raises:
     PretrainedError: the variables are not that model's (a layer missing or left over).
@@ -351,15 +355,17 @@ def to_torchvision(variables: Mapping, name: str) -> dict[str, np.ndarray]:
   for prefix, path, kind in _layout(name, "bn1_1" in params):
     try:
       leaves = {k: np.array(v, np.float32) for k, v in _get(params, path).items()}
-      if kind == "bn":
+      if kind == "bn" and stats:
         leaves.update({k: np.array(v, np.float32) for k, v in _get(stats, path).items()})
     except KeyError as e:
       raise PretrainedError(f"layer {'/'.join(path)} is missing: not our {name}") from e
     used.add(path)
     if kind == "bn":
-      out.update({f"{prefix}.weight": leaves["scale"], f"{prefix}.bias": leaves["bias"],
-                  f"{prefix}.running_mean": leaves["mean"], f"{prefix}.running_var": leaves["var"],
-                  f"{prefix}.num_batches_tracked": np.zeros((), np.int64)})
+      out.update({f"{prefix}.weight": leaves["scale"], f"{prefix}.bias": leaves["bias"]})
+      if stats:
+        out.update({f"{prefix}.running_mean": leaves["mean"],
+                    f"{prefix}.running_var": leaves["var"],
+                    f"{prefix}.num_batches_tracked": np.zeros((), np.int64)})
       continue
     kernel = leaves["kernel"]
     if kind == "conv":

@@ -104,7 +104,8 @@ class ResNet(nn.Module):
     num_classes: size of the last layer.
     width: multiplier on every channel count.
     conv: conv module class; its ``padding`` mode applies to every conv (1x1 shortcuts excepted).
-    norm: normalisation module class.
+    norm: normalisation module class, called as ``norm(use_running_average=not train, ...)``:
+      Flax's BatchNorm (running statistics at test time) or ``layers.BatchStatisticsNorm``.
     stem_pool: the pool after the stem conv; None picks torchvision's 3x3/2 max pool (2x2/2 for
       full convolution, as Kayhan & van Gemert; MaxBlurPool when anti-aliased).
     blur_size: 0, or Zhang's anti-aliasing with this filter size.

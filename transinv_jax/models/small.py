@@ -19,6 +19,8 @@ class FCN(nn.Module):
     hidden: hidden widths (Biscione & Bowers A.4: 2500-2000-1500-1000-500).
     width: multiplier on the hidden widths.
     dtype: compute dtype.
+    kernel_init: every layer's weights; the authors' FC network draws them from N(0, 0.01)
+      (biases are zero, Flax's default), not the fan-in scaled LeCun init.
 
   Intermediates: ``fc1`` ... ``fc{n}``, ``pre_logits`` (= the last hidden), ``logits``.
   """
@@ -26,6 +28,7 @@ class FCN(nn.Module):
   hidden: Sequence[int] = (2500, 2000, 1500, 1000, 500)
   width: float = 1.0
   dtype: jnp.dtype = jnp.float32
+  kernel_init: nn.initializers.Initializer = nn.initializers.normal(stddev=0.01)
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, dict]:
@@ -34,10 +37,11 @@ class FCN(nn.Module):
     x = x.astype(self.dtype).reshape((x.shape[0], -1))
     for i, n in enumerate(self.hidden, 1):
       x = nn.relu(nn.Dense(max(1, int(round(n * self.width))), name=f"fc{i}",
-                           dtype=self.dtype)(x))
+                           dtype=self.dtype, kernel_init=self.kernel_init)(x))
       out[f"fc{i}"] = x
     out["pre_logits"] = x
-    logits = nn.Dense(self.num_classes, name="logits", dtype=self.dtype)(x).astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, name="logits", dtype=self.dtype,
+                      kernel_init=self.kernel_init)(x).astype(jnp.float32)
     out["logits"] = logits
     return logits, out
 

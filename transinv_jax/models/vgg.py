@@ -65,7 +65,9 @@ class VGG(nn.Module):
     conv: conv module class, called as ``conv(features=..., name=..., dtype=...)`` and, for a
       layer named in ``padding_overrides``, with ``padding=...`` too.
     padding_overrides: per-layer padding modes, e.g. ``{"conv1_1": "full"}``.
-    norm: normalisation module class applied after each conv (BatchNorm for VGG-BN), or None.
+    norm: normalisation module class applied after each conv, or None; called as
+      ``norm(use_running_average=not train, name=..., dtype=...)``: Flax's BatchNorm (running
+      statistics at test time) or ``layers.BatchStatisticsNorm`` (the batch's, always).
     pool: downsampling function applied at the end of every stage.
     dtype: compute dtype (parameters stay float32).
   """
