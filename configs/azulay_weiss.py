@@ -21,6 +21,21 @@ jaggedness, MAD and consistency is the network's own top-1 at the start of the p
   python -m transinv_jax.main --config=configs/azulay_weiss.py --workdir=runs/aw
   python -m transinv_jax.main --config=configs/azulay_weiss.py:smoke --workdir=runs/aw_smoke
 
+Their items are ImageNet validation photos, downscaled and embedded in a larger image (their
+figure 6: a photo resized to 100x100); ``--config.imagenet_folder`` reads them from a folder of
+class folders (``<wnid>/*.JPEG``; ``transinv_jax/data/folders.py``): each photo's centre square
+resized to 100 px on the 224 px black canvas (black, not their inpainting). With one folder,
+every 5th image of each class is a test item, the rest train the networks. Sorted WordNet ids are
+torchvision's class order, so the ImageNet network is scored against each photo's true class:
+
+  python -m transinv_jax.main --config=configs/azulay_weiss.py:max,avg,imagenet \
+      --workdir=runs/aw_imagenet --config.imagenet_folder=/data/imagenet/val \
+      --config.imagenet_weights=vgg16-397923af.pth
+
+Without it, 50 px Fashion-MNIST items stand in for the photos (``--config.data.dataset`` picks
+another); the run logs a warning and records it in ``config.stand_in`` (config.json and
+summary.json).
+
 Config arguments: networks to keep (max, avg, imagenet), plus ``smoke``. No argument: max and avg.
 
 Expected cost: 2 trainings of 5 seeds (at most 5000 steps at batch 32) at 224x224, then per seed
@@ -30,6 +45,7 @@ Expected cost: 2 trainings of 5 seeds (at most 5000 steps at batch 32) at 224x22
 from transinv_jax.experiments import spec
 
 NETWORKS = ("max", "avg", "imagenet")
+IMAGENET_ITEM = 100  # px: the photos' side on the 224 px canvas (their figure 6: 100x100)
 
 
 def get_config(arg: str | None = None):
@@ -41,6 +57,8 @@ def get_config(arg: str | None = None):
   config = spec.base_config("azulay_weiss")
   config.data.dataset = "fashion_mnist"
   config.data.train_location = "fully_translated"
+  spec.imagenet_folder(config, "{dataset} items stand in for Azulay & Weiss's ImageNet "
+                       "validation photos", data={} if smoke else {"item_size": IMAGENET_ITEM})
   config.stages.max = spec.stage(model={"pooling": "max"})
   config.stages.avg = spec.stage(model={"pooling": "avg", "avg_pool_size": 6})
   config.stages.imagenet = spec.stage(untrained=True, imagenet=True)

@@ -14,8 +14,21 @@ fixed balanced shuffle). A ResNet-18 learns the quadrant in four arms:
 
 Splits really are disjoint: train is the first 1000 items of the train file, val its last 1000
 (``data.val_items``), test the first 1000 of the test file; every arm reports train, val and test
-accuracy. ImageNet itself cannot be read here, so the images are Fashion-MNIST items resized to
-56 px (``--config.data.dataset`` picks another); the paper's images are ImageNet validation photos.
+accuracy.
+
+The paper's images are ImageNet validation photos: ``--config.imagenet_folder`` reads them from a
+folder of class folders (``<wnid>/*.JPEG``, 1000 of them; ``transinv_jax/data/folders.py``), each
+photo's centre square resized to 56 px on the host. With one folder, every 5th image of each class
+is the test split and the rest the train split (10 and 40 per class), so train, val and test
+still share no image:
+
+  python -m transinv_jax.main --config=configs/quadrant.py --workdir=runs/quadrant \
+      --config.imagenet_folder=/data/imagenet/val
+
+Without it, Fashion-MNIST items resized to 56 px stand in for the photos (another dataset:
+``--config.data.dataset``); the run logs a warning and records it in ``config.stand_in``
+(config.json and summary.json).
+
 Outputs: ``results.csv``, ``figures/accuracy_by_border.png`` (test accuracy against the border per
 arm, the paper's figure).
 
@@ -56,6 +69,8 @@ def get_config(arg: str | None = None):
   config = spec.base_config("quadrant")
   config.finetune = "frozen_conv"
   config.data.dataset = "fashion_mnist"
+  spec.imagenet_folder(config, "{dataset} items stand in for Quadrant ImageNet's ImageNet "
+                       "validation photos")
   config.data.item_size = item
   config.data.max_train_items = 1000
   config.data.val_items = 1000

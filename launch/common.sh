@@ -239,13 +239,25 @@ default_workdir() {
   printf 'runs/%s%s' "$stem" "${arg:+_$arg}"
 }
 
+# check_workdir WORKDIR [gs]: a gs:// workdir only where the script passes it to the run as it is
+# (second argument "gs": tpu_vm.sh); gpu.sh keeps the workdir on the machine.
 check_workdir() {
   case $1 in
-    gs://*)
-      die "--workdir=$1: transinv_jax writes its workdir with pathlib, so it must be a path on the" \
-        "machine; keep it there and mirror it to the bucket with --sync=$1 (tpu_vm.sh)"
+    gs://?*/*)
+      [ "${2:-}" = gs ] ||
+        die "--workdir=$1: $PROG keeps the workdir on the machine; give a path there (or use" \
+          "tpu_vm.sh, whose runs write to gs:// directly)"
       ;;
+    gs://*) die "--workdir=$1: name a folder in the bucket, e.g. gs://BUCKET/run" ;;
   esac
+}
+
+# is_gs WORD: whether WORD (a workdir, maybe quoted by q) is a Cloud Storage folder.
+is_gs() {
+  case $1 in
+    gs://* | "'gs://"*) return 0 ;;
+  esac
+  return 1
 }
 
 check_seconds() {
@@ -264,10 +276,34 @@ data_env_code() {
   printf '%s' 'if [ -z "${TRANSINV_JAX_DATA:-}" ] && [ -d "$HOME"/transinv_data ]; then export TRANSINV_JAX_DATA="$HOME"/transinv_data; fi'
 }
 
-# The job's files on each host, as shell variables: wd (the workdir) and log, the prefix of
-# $wd/logs/run.<host>.log (its output, appended), .pid and .rc (its exit status).
+# log_dir_code WORKDIR: the folder of the job's files on each host: WORKDIR/logs, or for a gs://
+# workdir (which the run writes directly, and where a log cannot be appended to) a local folder,
+# ~/transinv_logs/<the workdir's bucket and path, / as _>.
+# shellcheck disable=SC2016  # $HOME is for the shell that runs the line
+log_dir_code() {
+  local name
+  if is_gs "$1"; then
+    name=$(printf '%s' "$1" | sed "s|^'||; s|'\$||; s|^gs://||" | tr -c 'A-Za-z0-9_.-' '_')
+    printf '"$HOME"/transinv_logs/%s' "$(q "$name")"
+  else
+    printf '%s' "\"\$wd/logs\""
+  fi
+}
+
+# exists_code FILE: shell code true when FILE (a word using $wd) exists: `test -f`, or
+# `gcloud storage ls` for a gs:// workdir (the second argument: WORKDIR).
+exists_code() {
+  if is_gs "$2"; then
+    printf '%s' "gcloud storage ls $1 > /dev/null 2>&1"
+  else
+    printf '%s' "test -f $1"
+  fi
+}
+
+# The job's files on each host, as shell variables: wd (the workdir), logs (log_dir_code) and
+# log, the prefix of $logs/run.<host>.log (its output, appended), .pid and .rc (its exit status).
 files_code() {
-  printf '%s' "cd $1 && wd=$2 && log=\"\$wd/logs/run.\$(hostname)\""
+  printf '%s' "cd $1 && wd=$2 && logs=$(log_dir_code "$2") && log=\"\$logs/run.\$(hostname)\""
 }
 
 # start_code DIR WORKDIR ENV PYTHON MAIN_ARGS: cd DIR; unless this workdir's run is alive on this
@@ -280,7 +316,7 @@ start_code() {
   job="$job; $python -m transinv_jax.main $main_args < /dev/null & child=\$!"
   job="$job; wait \"\$child\"; rc=\$?; while kill -0 \"\$child\" 2>/dev/null; do wait \"\$child\"; rc=\$?; done"
   job="$job; echo \"== \$(date -u) exit \$rc\"; echo \"\$rc\" > \"\$TRANSINV_LOG.rc\""
-  code="$(files_code "$1" "$2") && mkdir -p \"\$wd/logs\" && $(data_env_code)"
+  code="$(files_code "$1" "$2") && mkdir -p \"\$logs\" && $(data_env_code)"
   code="$code && pid=\$(cat \"\$log.pid\" 2>/dev/null || true)"
   code="$code && if [ -n \"\$pid\" ] && grep -qs transinv_jax.main /proc/\"\$pid\"/cmdline"
   code="$code; then echo \"already running on \$(hostname): pid \$pid\""
@@ -299,7 +335,9 @@ follow_code() {
 # run on this host exited non-zero, except with 143 (stopped by SIGTERM: a preemption notice, so
 # the run resumes when started again); else "running" (or stopped, to be started again).
 check_code() {
-  printf '%s' "$(files_code "$1" "$2") && rc=\$(cat \"\$log.rc\" 2>/dev/null || true) && if test -f \"\$wd/summary.json\"; then echo finished; elif [ -n \"\$rc\" ] && [ \"\$rc\" != 0 ] && [ \"\$rc\" != 143 ]; then echo \"failed with exit status \$rc\"; tail -n 20 \"\$log.log\"; else echo running; fi"
+  # shellcheck disable=SC2016  # $wd is for the shell that runs the line
+  local summary='"$wd/summary.json"'
+  printf '%s' "$(files_code "$1" "$2") && rc=\$(cat \"\$log.rc\" 2>/dev/null || true) && if $(exists_code "$summary" "$2"); then echo finished; elif [ -n \"\$rc\" ] && [ \"\$rc\" != 0 ] && [ \"\$rc\" != 143 ]; then echo \"failed with exit status \$rc\"; tail -n 20 \"\$log.log\"; else echo running; fi"
 }
 
 # stop_code DIR WORKDIR: sends SIGTERM to this host's run (it checkpoints and exits 143).
@@ -309,5 +347,9 @@ stop_code() {
 
 # status_code DIR WORKDIR: the run's progress.json and the end of its log.
 status_code() {
-  printf '%s' "$(files_code "$1" "$2") && { cat \"\$wd/progress.json\" 2>/dev/null || echo 'no progress.json yet'; } && tail -n 5 \"\$log.log\" 2>/dev/null; true"
+  local cat=cat
+  if is_gs "$2"; then
+    cat='gcloud storage cat'
+  fi
+  printf '%s' "$(files_code "$1" "$2") && { $cat \"\$wd/progress.json\" 2>/dev/null || echo 'no progress.json yet'; } && tail -n 5 \"\$log.log\" 2>/dev/null; true"
 }

@@ -21,8 +21,10 @@ Runs the same command on every worker of a Cloud TPU VM or multi-host slice:
 Subcommands:
   create   create the TPU VM (--accelerator; --version, --spot, --project)
   setup    copy this working tree (no .git, no runs/) to every worker, make a venv there and
-           pip install -e . "jax[tpu]"; with --data, copy a dataset folder too
-  run      start the run on every worker under nohup, logging to WORKDIR/logs/run.<host>.log.
+           pip install -e . "jax[tpu]" (and gcsfs google-cloud-storage for a gs:// --workdir);
+           with --data, copy a dataset folder too
+  run      start the run on every worker under nohup, logging to WORKDIR/logs/run.<host>.log
+           (for a gs:// WORKDIR: ~/transinv_logs/<bucket_path>/run.<host>.log on each worker).
            Safe to repeat: a live run is left alone, a stopped one resumes from the workdir's
            checkpoints, a finished one does nothing. --follow: print the logs until the run ends.
            --watch: every --poll seconds until WORKDIR/summary.json exists on worker 0, delete,
@@ -30,7 +32,7 @@ Subcommands:
            again if it is not running. An exit status other than 0 or 143 (SIGTERM, a
            preemption notice) on worker 0 ends the watch with status 1
   stop     send SIGTERM to the run on every worker: it checkpoints and exits 143 (run resumes)
-  fetch    copy WORKDIR from worker 0 to --dest
+  fetch    copy WORKDIR from worker 0 (or from its bucket, for a gs:// one) to --dest
   status   the VM's state; with --config or --workdir, worker 0's progress.json and log tail
   delete   delete the TPU VM
   all      create, setup, run --follow (or --watch), fetch; --skip-create for an existing VM
@@ -45,7 +47,10 @@ Options (--key=value or --key value):
   --spot                a Spot (preemptible) VM
   --config=FILE[:ARG]   experiment config, relative to the repository (required by run, all)
   --workdir=DIR         on the workers, relative to --remote-dir
-                        (default runs/<config stem>, plus _<ARG> when the config has one)
+                        (default runs/<config stem>, plus _<ARG> when the config has one);
+                        or gs://BUCKET/PATH, which every worker's run writes directly (setup
+                        then installs gcsfs and google-cloud-storage; the VM's service account
+                        needs write access); then no --sync, and the logs stay on the workers
   --sync=gs://BUCKET/P  mirror WORKDIR from worker 0 to this Cloud Storage folder every --poll
                         seconds and when the run ends; a worker without WORKDIR (a recreated VM)
                         first copies it back, so the run resumes instead of starting over.
@@ -102,11 +107,15 @@ WORKDIR=$OPT_workdir
 if [ -z "$WORKDIR" ] && [ -n "$OPT_config" ]; then
   WORKDIR=$(default_workdir "$OPT_config")
 fi
-check_workdir "$WORKDIR"
+check_workdir "$WORKDIR" gs
 case $OPT_sync in
   '' | gs://?*) ;;
   *) die "--sync must be a gs:// folder, not '$OPT_sync'" ;;
 esac
+if [ -n "$OPT_sync" ] && is_gs "$WORKDIR"; then
+  die "--sync mirrors a workdir on the workers; --workdir=$WORKDIR is written to the bucket" \
+    "directly: leave out --sync"
+fi
 check_seconds "$OPT_poll" --poll
 if [ -n "$OPT_data" ] && [ "$DRY_RUN" = 0 ] && [ ! -d "$OPT_data" ]; then
   die "--data: no such folder: $OPT_data"
@@ -148,8 +157,9 @@ tpu_create() {
   if [ "$OPT_spot" = 1 ]; then
     extra+=(--spot)
   fi
-  if [ -n "$OPT_sync" ]; then
-    # The workers' gcloud storage then acts as the VM's service account, as IAM allows it.
+  if [ -n "$OPT_sync" ] || is_gs "$WORKDIR"; then
+    # The workers' gcloud storage (and a gs:// workdir's run) then act as the VM's service
+    # account, as IAM allows it.
     extra+=(--scopes=https://www.googleapis.com/auth/cloud-platform)
   fi
   run_cmd "${TPU[@]}" create "$OPT_name" "${LOC[@]}" --accelerator-type="$OPT_accelerator" \
@@ -181,6 +191,9 @@ tpu_setup() {
   code="$code && { [ -x $venv/bin/pip ] || python3 -m venv $venv || { sudo apt-get update -q"
   code="$code && sudo apt-get install -y -q python3-venv && python3 -m venv $venv; }; }"
   code="$code && $pip -U pip && cd $RDIR && $pip -e . 'jax[tpu]'"
+  if is_gs "$WORKDIR"; then
+    code="$code gcsfs google-cloud-storage"  # the run writes the bucket itself (see README)
+  fi
   on_workers all "$code"
 }
 
@@ -267,6 +280,11 @@ tpu_watch() {
 
 tpu_fetch() {
   local dest=${OPT_dest:-runs/$(basename "$WORKDIR")} tarball
+  if is_gs "$WORKDIR"; then
+    run_cmd mkdir -p "$dest"
+    run_cmd gcloud storage rsync --recursive "$WORKDIR" "$dest"
+    return
+  fi
   tarball="${TMPDIR:-/tmp}/transinv_workdir-$OPT_name.tar.gz"
   # tar exits 1 when a file changed while it was read (a live run); that copy is still usable.
   on_workers 0 "cd $RDIR && { tar -czf \"\$HOME\"/transinv_workdir.tar.gz -C $RW . || [ \$? = 1 ]; }"

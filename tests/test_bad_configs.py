@@ -67,7 +67,7 @@ CORPUS = [
                                                       "layout": "0-3:upper_left"}),
      r"layout='0-3:upper_left'"),
     ("unknown source", _set("data", source="hdf5"), r"config\.data\.source='hdf5'"),
-    ("missing data folder", _set("data", data_dir="/nonexistent/data"), r"/nonexistent/data"),
+    ("missing data folder", _set("data", data_dir="/dev/null/data"), r"/dev/null/data"),
     ("channels 2", _set("data", channels=2), r"config\.data\.channels=2"),
     ("more classes than the dataset", _stage(data={"classes": 12}),
      r"config\.data\.classes=12, but mnist has only 10"),

@@ -1,10 +1,13 @@
 """The command line: the README's smoke run end to end, rerun, resume after a crash, and errors
 that stop before any work with the config key and the fix."""
 
+import functools
+import http.server
 import json
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -21,14 +24,39 @@ def main(*args, env=None):
                         timeout=900)
 
 
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+
+  def log_message(self, *args):
+    del args
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, shared_data_dir):
+  """The README's smoke command from an empty data folder, its files fetched from a mirror: the
+  shared data folder served on 127.0.0.1 by this process for the module's tests."""
   workdir = tmp_path_factory.mktemp("cli") / "smoke"
   cache = workdir.parent / "xla_cache"
+  data_dir = workdir.parent / "data"
+  data_dir.mkdir()
+  server = http.server.ThreadingHTTPServer(
+      ("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(shared_data_dir)))
+  threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+  env = subprocess_env(TRANSINV_JAX_DATA_MIRROR=f"http://127.0.0.1:{server.server_port}")
+  env["TRANSINV_JAX_DATA"] = str(data_dir)
   args = ("--config=configs/exp1.py:smoke", f"--workdir={workdir}", f"--jax_cache_dir={cache}")
-  proc = main(*args)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  return workdir, args
+  try:
+    proc = main(*args, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    served = sorted(p.name for p in (shared_data_dir / "mnist").iterdir())
+    assert sorted(p.name for p in (data_dir / "mnist").iterdir()) == served
+    for name in served:
+      fetched, original = data_dir / "mnist" / name, shared_data_dir / "mnist" / name
+      assert fetched.read_bytes() == original.read_bytes(), name
+    assert f"downloaded {env['TRANSINV_JAX_DATA_MIRROR']}/mnist/t10k-images" in proc.stderr
+    yield workdir, args
+  finally:
+    server.shutdown()
+    server.server_close()
 
 
 def _stage(workdir):
@@ -109,7 +137,7 @@ def test_resume_after_a_crash_reproduces_the_run(smoke_run, tmp_path):
     (dict(item_size=40), "config.data.item_size"),
     (dict(train_location="fixed", fixed_centre=(30, 16)), "config.data.fixed_centre"),
     (dict(train_location="fixed", fixed_centre=(5, 16)), "config.data.fixed_centre"),
-    (dict(data_dir="/nonexistent/data"), "config.data.data_dir"),
+    (dict(data_dir="/dev/null/data"), "config.data.data_dir"),
     (dict(source="hdf5"), "config.data.source"),
 ])
 def test_bad_config_stops_before_any_work(tmp_path, change, key):

@@ -143,3 +143,46 @@ def test_command_line_overrides_are_typed():
     parse("--config.train.batch_size=many")
   with pytest.raises(AttributeError, match='Did you mean "learning_rate"'):
     parse("--config.train.learnin_rate=1e-3")
+
+
+ALL_CONFIGS = ("exp1", "exp2", "exp3", "exp4", "exp5", "fcn", "rook", "quadrant",
+               "data_efficiency", "azulay_weiss")
+
+
+@pytest.mark.parametrize("experiment", ALL_CONFIGS)
+def test_every_config_fits_any_number_of_devices(experiment):
+  """Smoke variants on 2, 4 and 8 devices (1 is above), the whole experiment on 8: the sizes a
+  config file sets are rounded to the devices, and every check then passes."""
+  for arg, counts in (("smoke", (2, 4, 8)), (None, (8,))):
+    config = get(experiment, arg)
+    if "imagenet_weights" in config:
+      config.imagenet_weights = __file__
+    for num_devices in counts:
+      fitted = pipeline.fit_to_devices(config, num_devices)
+      pipeline.check(fitted, num_devices)
+      for name in pipeline.stage_order(fitted):
+        assert pipeline.stage_config(fitted, name).train.batch_size % num_devices == 0
+      for name in fitted.tests:
+        assert pipeline.test_config(fitted, name).eval.items_per_batch % num_devices == 0
+
+
+def test_sizes_round_to_the_devices_unless_the_user_set_them():
+  config = get("exp1", "smoke")
+  assert config.eval.items_per_batch == 100
+  with pytest.raises(config_checks.ConfigError, match="items_per_batch=100 must be a positive "
+                     "multiple of the 8 devices it is split over: use 104"):
+    pipeline.check(config, num_devices=8)
+  fitted = pipeline.fit_to_devices(config, 8)
+  assert fitted.eval.items_per_batch == 104 and config.eval.items_per_batch == 100  # a copy
+  assert fitted.train.batch_size == config.train.batch_size == 32  # already a multiple
+  # A size set on the command line is the user's: kept, and the check names a working value.
+  config.train.batch_size = 30
+  kept = pipeline.fit_to_devices(config, 8, user_set={"train.batch_size"})
+  assert kept.train.batch_size == 30 and kept.eval.items_per_batch == 104
+  with pytest.raises(config_checks.ConfigError, match="batch_size=30 .* use 32"):
+    pipeline.check(kept, num_devices=8)
+  # Per-stage and per-test sizes are fitted too.
+  config = get("data_efficiency", "smoke")
+  fitted = pipeline.fit_to_devices(config, 8)
+  for name in fitted.tests:
+    assert pipeline.test_config(fitted, name).eval.items_per_batch % 8 == 0

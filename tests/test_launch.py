@@ -182,13 +182,16 @@ def test_tpu_fetch_status_delete_dry_run(marker_gcloud):
     (TPU, ("run", "--dry-run", *TPU_ARGS, SMOKE, "--follow=yes"), "--follow"),
     (TPU, ("launch", "--dry-run", *TPU_ARGS), "launch"),
     (TPU, ("--dry-run", *TPU_ARGS), "subcommand"),
-    (TPU, ("run", "--dry-run", *TPU_ARGS, SMOKE, "--workdir=gs://b/x"), "--sync"),
+    (TPU, ("run", "--dry-run", *TPU_ARGS, SMOKE, "--workdir=gs://b/x", "--sync=gs://b/y"),
+     "--sync"),
+    (TPU, ("run", "--dry-run", *TPU_ARGS, SMOKE, "--workdir=gs://b"), "--workdir=gs://b"),
     (TPU, ("run", "--dry-run", *TPU_ARGS, "--config=configs/nope.py"), "configs/nope.py"),
     (TPU, ("run", "--dry-run", *TPU_ARGS, SMOKE, "--zone"), "--zone"),
     (GPU, ("run", "--dry-run"), "--config"),
     (GPU, ("all", "--dry-run", SMOKE, "--gpus=0"), "--gpus"),
     (GPU, ("run", "--dry-run", SMOKE, "--gpu=a"), "--gpu"),
     (GPU, ("run", "--dry-run", SMOKE, "stray"), "stray"),
+    (GPU, ("run", "--dry-run", SMOKE, "--workdir=gs://b/x"), "--workdir=gs://b/x"),
 ])
 def test_usage_errors_exit_2_naming_the_flag(script, args, names, marker_gcloud):
   proc = launch(script, *args, path_prefix=marker_gcloud[0])
@@ -258,6 +261,9 @@ FAKE_PYTHON = """\
     env > "$out/env"
     echo start >> "$out/starts"
     for arg in "$@"; do case $arg in --workdir=*) workdir=${arg#--workdir=} ;; esac; done
+    case $workdir in  # written straight to the fake buckets of gcloud storage
+      gs://*) workdir=$(dirname "$0")/../../../gcs/${workdir#gs://}; mkdir -p "$workdir" ;;
+    esac
     echo "training in $workdir"
     if [ -f "$workdir/checkpoint" ]; then echo "resumed from checkpoint"; fi
     echo step > "$workdir/checkpoint"
@@ -309,7 +315,10 @@ FAKE_MACHINE = """\
         return home.parent / "gcs" / path[5:] if path.startswith("gs://") else pathlib.Path(path)
       paths = [local(a) for a in args[2:] if not a.startswith("--")]
       if args[1] == "ls":
-        sys.exit(0 if paths[0].is_dir() and any(paths[0].iterdir()) else 1)
+        sys.exit(0 if paths[0].is_file() or paths[0].is_dir() and any(paths[0].iterdir()) else 1)
+      if args[1] == "cat":
+        sys.stdout.write(paths[0].read_text()) if paths[0].is_file() else sys.exit(1)
+        sys.exit(0)
       src, dst = paths
       for file in src.rglob("*"):
         rel = file.relative_to(src).as_posix()
@@ -455,6 +464,43 @@ def test_tpu_sync_brings_the_workdir_back_to_a_new_vm(machine):
   assert "resumed from checkpoint" in proc.stdout
   assert (workdir / "summary.json").is_file()
   wait_for(bucket / "summary.json")
+
+
+def test_tpu_gs_workdir_is_written_by_the_run_itself(machine):
+  """--workdir=gs://... goes to transinv_jax.main as it is; the logs stay on the workers."""
+  lines = commands(launch(TPU, "run", "--dry-run", *TPU_ARGS, SMOKE, "--workdir=gs://bkt/exp1",
+                          env=machine.env))
+  assert len(lines) == 1 and "--workdir=gs://bkt/exp1 --multihost" in lines[0]
+  assert 'logs="$HOME"/transinv_logs/bkt_exp1 && ' in lines[0] and "gcloud storage" not in lines[0]
+  assert not (machine.tmp / "calls.jsonl").exists()  # a dry run calls nothing
+  setup = commands(launch(TPU, "setup", "--dry-run", *TPU_ARGS, "--workdir=gs://bkt/exp1",
+                          env=machine.env))
+  assert "'jax[tpu]' gcsfs google-cloud-storage" in shlex.split(setup[-1])[-1]
+  create = commands(launch(TPU, "create", "--dry-run", *TPU_ARGS, "--accelerator=v4-8",
+                           "--workdir=gs://bkt/exp1", env=machine.env))
+  assert "--scopes=https://www.googleapis.com/auth/cloud-platform" in create[0]
+  (machine.home / "transinv_jax").mkdir()
+  machine.set_state("READY")
+  args = (*TPU_ARGS, SMOKE, "--workdir=gs://bkt/exp1")
+  proc = launch(TPU, "run", "--follow", *args, env=machine.env)
+  assert proc.returncode == 0, proc.stderr
+  assert "--workdir=gs://bkt/exp1" in machine.argv()
+  bucket = machine.tmp / "gcs" / "bkt" / "exp1"
+  assert (bucket / "summary.json").is_file() and not (bucket / "logs").exists()
+  log, = (machine.home / "transinv_logs" / "bkt_exp1").glob("run.*.log")
+  assert "finished" in log.read_text() and "exit 0" in log.read_text()
+  assert sorted(os.listdir(machine.home / "transinv_jax")) == []  # no local gs: folder
+  # --watch finds summary.json in the bucket: finished, nothing started again.
+  proc = launch(TPU, "run", "--watch", "--poll=0", "--accelerator=v4-8", *args, env=machine.env)
+  assert proc.returncode == 0 and "finished" in proc.stderr, proc.stderr
+  assert (machine.home / "calls" / "starts").read_text().count("start") == 1
+  (bucket / "progress.json").write_text('{"now": "finished"}')
+  proc = launch(TPU, "status", *args, env=machine.env)
+  assert proc.returncode == 0 and '{"now": "finished"}' in proc.stdout, proc.stderr
+  dest = machine.tmp / "fetched"
+  proc = launch(TPU, "fetch", *args, f"--dest={dest}", env=machine.env)
+  assert proc.returncode == 0, proc.stderr
+  assert (dest / "summary.json").is_file() and (dest / "checkpoint").is_file()
 
 
 # -- gpu.sh

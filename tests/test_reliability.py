@@ -3,6 +3,7 @@ bits; damaged checkpoints are skipped, never loaded; NaN stops training before a
 reruns are deterministic; a workdir of another config is refused, resumed as is, or restarted."""
 
 import json
+import logging as std_logging
 import os
 import pathlib
 import shutil
@@ -263,11 +264,31 @@ def test_a_diverging_stage_names_the_step_and_writes_no_result(tmp_path, shared_
 # -- workdirs: another config, damaged files
 
 
+class _Lines(std_logging.Handler):
+
+  def __init__(self):
+    super().__init__(std_logging.INFO)
+    self.lines = []
+
+  def emit(self, record):
+    self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, shared_data_dir):
+  """A finished tiny run; ``run.log`` next to it holds its INFO log lines."""
   del shared_data_dir
   run_dir = tmp_path_factory.mktemp("workdirs") / "run"
-  pipeline.run(tiny_config(), str(run_dir))
+  absl_logger, handler = std_logging.getLogger("absl"), _Lines()
+  level = absl_logger.level
+  absl_logger.setLevel(std_logging.INFO)
+  absl_logger.addHandler(handler)
+  try:
+    pipeline.run(tiny_config(), str(run_dir))
+  finally:
+    absl_logger.removeHandler(handler)
+    absl_logger.setLevel(level)
+  (run_dir.parent / "run.log").write_text("".join(line + "\n" for line in handler.lines))
   return run_dir
 
 
@@ -329,7 +350,32 @@ def test_a_damaged_config_json_says_how_to_go_on(finished_run, tmp_path):
 
 def test_tensorboard_events_are_written(finished_run):
   stage, = (finished_run / "stages").iterdir()
-  assert list((stage / "tensorboard").glob("events.out.tfevents.*"))
+  files = list((stage / "tensorboard").glob("events.out.tfevents.*"))
+  assert len(files) == 1
+  tf = pytest.importorskip("tensorflow")
+  events = list(tf.compat.v1.train.summary_iterator(str(files[0])))
+  records = workdir.read_metrics(stage / "metrics.jsonl")
+  assert [e.step for e in events[1:]] == [max(r["step"]) for r in records] == [10, 20]
+  for event, record in zip(events[1:], records):
+    values = {v.tag: v.simple_value for v in event.summary.value}
+    assert sorted(values) == ["loss", "steps_per_sec", "train_accuracy"]
+    assert values["loss"] == pytest.approx(np.mean(record["loss"]), rel=1e-6)
+
+
+def test_each_training_record_is_logged_once_with_percent_and_eta(finished_run):
+  stage, = (finished_run / "stages").iterdir()
+  records = workdir.read_metrics(stage / "metrics.jsonl")
+  # CLU's logging writer used to log every record a second time.
+  lines = [line for line in (finished_run.parent / "run.log").read_text().splitlines()
+           if "train_accuracy" in line]
+  assert len(lines) == len(records) == 2
+  for line, record in zip(lines, records):
+    step = max(record["step"])
+    assert f"step {step}/20 ({5 * step}% of the cap)" in line, line
+    assert "at most" in line and "left in the stage" in line, line
+  progress = json.loads((finished_run / "progress.json").read_text())
+  assert progress["max_steps"] == 20 and progress["percent_of_max_steps"] == 100
+  assert progress["stage_eta"] == "0s"
 
 
 def test_only_process_zero_writes(monkeypatch, tmp_path):

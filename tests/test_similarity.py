@@ -263,3 +263,19 @@ def test_plots_write_png(tmp_path):
   for path in paths:
     data = path.read_bytes()
     assert len(data) > 1000 and data[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_titles_fit_figures_of_one_cell(tmp_path):
+  """A one-pair exp2 matrix or a one-class heatmap is narrow: its title wraps to fit."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  title = ("exp2: normalised accuracy, fully translated test, every pretraining row by every "
+           "fine-tuning column\n(0 = chance, 100 = perfect)")
+  for width in (3.0, 6.0, 12.0):
+    fig = plt.figure(figsize=(width, 3))
+    text = fig.suptitle(plots.fit_title(fig, title), fontsize=10)
+    extent = text.get_window_extent(fig.canvas.get_renderer())
+    assert extent.x0 >= 0 and extent.x1 <= fig.bbox.width, (width, extent)
+    plt.close(fig)
+  plots.matrix(np.array([[34.7]]), ["Fashion-MNIST"], ["MNIST"], tmp_path / "m.png", title=title,
+               xlabel="fine-tuned on", ylabel="pretrained on", vmin=0, vmax=100)
+  assert (tmp_path / "m.png").read_bytes()[:4] == b"\x89PNG"

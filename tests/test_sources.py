@@ -1,6 +1,7 @@
 """Tests for transinv_jax.data.sources and transinv_jax.data.formats."""
 
 import gzip
+import importlib.util
 import pathlib
 import re
 import socket
@@ -12,9 +13,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from transinv_jax.data import download
 from transinv_jax.data import formats
 from transinv_jax.data import sources
 from transinv_jax.data.sources import DataError
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+  """Publishers unreachable (a closed port: no network, and fast) and no mirror in the env."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    down = f"http://127.0.0.1:{s.getsockname()[1]}"
+  for folder, files in download.PUBLISHED.items():
+    monkeypatch.setitem(download.PUBLISHED, folder, {
+        name: download.RemoteFile((f"{down}/{name}",), remote.md5s)
+        for name, remote in files.items()})
+  monkeypatch.setattr(download, "EMNIST_ARCHIVE",
+                      download.RemoteFile((f"{down}/gzip.zip",), download.EMNIST_ARCHIVE.md5s))
+  monkeypatch.delenv(download.MIRROR_ENV, raising=False)
+  return down
 
 
 def _idx_bytes(array: np.ndarray) -> bytes:
@@ -256,22 +274,33 @@ def test_unknown_dataset_source_split(tmp_path):
     sources.load_items("mnist", "validation", data_dir=str(tmp_path))
 
 
-def test_no_data_dir(monkeypatch):
+def test_no_data_dir_defaults_to_the_cache(monkeypatch, tmp_path, offline):
   monkeypatch.delenv(sources.DATA_DIR_ENV, raising=False)
-  with pytest.raises(DataError, match=r"config\.data\.data_dir.*TRANSINV_JAX_DATA"):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  assert sources.resolve_data_dir("") == tmp_path / ".cache" / "transinv_jax" / "data"
+  default = re.escape(str(tmp_path / ".cache" / "transinv_jax" / "data" / "mnist"))
+  with pytest.raises(DataError, match=rf"missing {default}/train-images.*{offline}.*"
+                                      r"config\.data\.data_dir.*TRANSINV_JAX_DATA"):
     sources.load_items("mnist", "train")
+  assert not (tmp_path / ".cache").exists()  # made for the download, removed when it failed
 
 
-def test_missing_paths(tmp_path):
+def test_missing_paths(tmp_path, offline):
+  # Missing files are downloaded; with the publishers unreachable, the error says so.
   missing_root = re.escape(str(tmp_path / "nowhere"))
-  with pytest.raises(DataError, match=rf"{missing_root}.*config\.data\.data_dir.*mnist/"):
+  with pytest.raises(DataError,
+                     match=rf"{missing_root}.*{offline}.*config\.data\.data_dir.*mnist/"):
     sources.load_items("mnist", "train", data_dir=str(tmp_path / "nowhere"))
   emnist_dir = re.escape(str(tmp_path / "emnist"))
-  with pytest.raises(DataError, match=rf"{emnist_dir}.*emnist-letters-.*config\.data\.data_dir"):
+  with pytest.raises(DataError, match=rf"{emnist_dir}/emnist-letters-.*gzip\.zip.*data\.data_dir"):
     sources.load_items("emnist_letters", "test", data_dir=str(tmp_path))
   _write_idx(tmp_path / "mnist" / "train-images-idx3-ubyte.gz", np.zeros((1, 28, 28), np.uint8))
   with pytest.raises(DataError, match=r"missing \S*train-labels-idx1-ubyte\.gz.*data\.data_dir"):
     sources.load_items("mnist", "train", data_dir=str(tmp_path))
+  (tmp_path / "file").write_text("")
+  with pytest.raises(DataError, match=r"cannot create \S*file/mnist.*config\.data\.data_dir"):
+    sources.load_items("mnist", "train", data_dir=str(tmp_path / "file"))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "mnist"]
 
 
 # TFDS.
@@ -323,8 +352,20 @@ def test_tfds_emnist_letters_mapping(tfds):
 def test_tfds_errors(tfds, tmp_path):
   with pytest.raises(DataError, match=r"config\.data\.source='files'"):
     sources.load_items("leek10", "train", source="tfds")
-  with pytest.raises(DataError, match=r"not prepared.*config\.data\.source='files'"):
+  with pytest.raises(DataError, match=r"not prepared.*--config\.data\.tfds_download=True.*"
+                                      r"config\.data\.source='files'"):
     sources.load_items("mnist", "test", source="tfds", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("absent", ["tensorflow", "tensorflow_datasets"])
+def test_tfds_without_tensorflow_is_one_line(monkeypatch, absent):
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *args: None if name == absent else find_spec(name, *args))
+  with pytest.raises(DataError) as raised:
+    sources.load_items("mnist", "test", source="tfds")
+  assert str(raised.value) == ("config.data.source='tfds' needs TensorFlow Datasets with "
+                               'TensorFlow: pip install -e ".[tfds]"')
 
 
 def test_import_does_not_load_tensorflow():

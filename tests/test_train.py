@@ -3,14 +3,16 @@ and resume equals an uninterrupted run. exp1's finding itself is in test_finding
 
 import functools
 import shutil
+import signal
 import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental import multihost_utils
 
-from transinv_jax import checkpoints, sharding, train
+from transinv_jax import checkpoints, preemption, sharding, train
 from transinv_jax.data import canvas, locations
 from transinv_jax.models import vgg
 
@@ -161,3 +163,47 @@ def test_export_loads_without_orbax(setup, tmp_path):
     assert "params/conv1_1/kernel" in f.files
   with pytest.raises(checkpoints.CheckpointError, match="not found"):
     checkpoints.load_exported(tmp_path / "missing")
+
+
+def test_preemption_sync_point_stops_at_the_agreed_check(setup, monkeypatch):
+  """A stand-in for JAX's preemption service: every host stops at the check it agrees on."""
+  asked = []
+
+  def reached(check):  # as the service answers after a notice: True at the agreed check only
+    asked.append(check)
+    return check == 2
+
+  monkeypatch.setattr(multihost_utils, "reached_preemption_sync_point", reached)
+  preemption.clear()
+  preemption.install()  # numbers checks from 0
+  saved = []
+  items, new_state, step_kwargs = setup
+  try:
+    with pytest.raises(train.StopRequested) as stopped:
+      train.train_loop(new_state(), items, jax.random.key(1)[None], log_every=5, scan_steps=1,
+                       on_metrics=lambda r: None, on_checkpoint=saved.append,
+                       checkpoint_every=1000, stop=train.StopRule(1.1, 0, 100),
+                       should_stop=preemption.requested, **step_kwargs)
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  assert asked == [0, 1, 2]  # one check per window, numbered alike on every host
+  # The third check stops after the window in flight: steps 5, 10, 15 read, then 20.
+  assert stopped.value.step == 20
+  assert int(np.max(jax.device_get(saved[-1].step))) == 20
+
+
+def test_sigterm_stays_with_the_runtime_where_its_preemption_service_runs(monkeypatch):
+  before = signal.getsignal(signal.SIGTERM)
+  monkeypatch.setattr(preemption, "runtime_service", lambda: True)
+  preemption.install()
+  assert signal.getsignal(signal.SIGTERM) is before
+  monkeypatch.setattr(preemption, "runtime_service", lambda: False)
+  try:
+    preemption.install()
+    assert signal.getsignal(signal.SIGTERM) is not before
+  finally:
+    signal.signal(signal.SIGTERM, before)
+  # Without a distributed runtime, the sync point answers False and costs nothing.
+  monkeypatch.undo()
+  assert not preemption.runtime_service()
+  assert not preemption.sync_point(0)

@@ -4,7 +4,7 @@ orbax."""
 import concurrent.futures
 import hashlib
 import json
-import pathlib
+import os
 from typing import Any
 
 import flax
@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from transinv_jax import workdir as workdir_lib
 
@@ -23,9 +24,9 @@ class CheckpointError(RuntimeError):
   """A checkpoint or export that is missing or cannot be read."""
 
 
-def _sha256(path: pathlib.Path) -> str:
+def _sha256(path: epath.Path) -> str:
   digest = hashlib.sha256()
-  with open(path, "rb") as f:
+  with path.open("rb") as f:
     for block in iter(lambda: f.read(1 << 20), b""):
       digest.update(block)
   return digest.hexdigest()
@@ -44,10 +45,16 @@ class Checkpoints:
   The training thread only hands the state to orbax: waiting for the write and hashing the files
   (seconds for a VGG16 of 5 seeds with its Adam state) happen on a background thread, so a
   checkpoint pauses training only for orbax's copy of the arrays to the host.
+
+  ``directory`` may be local or on Cloud Storage (``gs://``): orbax takes epath paths, and writes
+  the arrays through tensorstore's own GCS driver there (its file driver locally); the seals go
+  through epath. On gs:// orbax marks a finished step with a commit file instead of a rename.
   """
 
-  def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
-    directory = pathlib.Path(directory).absolute()
+  def __init__(self, directory: epath.PathLike, max_to_keep: int = 2):
+    directory = epath.Path(directory)
+    if workdir_lib.is_local(directory):
+      directory = directory.absolute()  # tensorstore's file driver needs absolute paths
     self._manager = ocp.CheckpointManager(
         directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
     self.directory = directory
@@ -83,12 +90,14 @@ class Checkpoints:
       sealing, self._sealing = self._sealing, None
       sealing.result()
 
-  def _step_dir(self, step: int) -> pathlib.Path:
-    return pathlib.Path(self._manager.directory) / str(step)
+  def _step_dir(self, step: int) -> epath.Path:
+    return epath.Path(self._manager.directory) / str(step)
 
   def _digests(self, step: int) -> dict[str, str]:
     root = self._step_dir(step)
-    return {str(p.relative_to(root)): _sha256(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    # walk, not rglob: epath refuses "**" patterns on object stores.
+    files = sorted(epath.Path(folder) / name for folder, _, names in root.walk() for name in names)
+    return {os.fspath(p.relative_to(root)): _sha256(p) for p in files}
 
   def _seal(self) -> None:
     """Writes the seal of every finished step that has none (after ``wait_until_finished``)."""
@@ -156,14 +165,14 @@ class Checkpoints:
     self._manager.close()
     self._sealer.shutdown()
 
-def export_variables(directory: pathlib.Path, variables: Any, config: dict) -> pathlib.Path:
+def export_variables(directory: epath.PathLike, variables: Any, config: dict) -> epath.Path:
   """Writes ``variables.npz`` and ``config.json`` to ``directory``.
 
   The arrays are stored float32 under flat keys ``"collection/layer/name"`` (e.g.
   ``params/conv1_1/kernel``, ``batch_stats/bn1_1/mean``), so numpy alone reads them;
   ``load_exported`` rebuilds the nested tree that ``model.apply`` takes.
   """
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   flat = flax.traverse_util.flatten_dict(jax.device_get(variables), sep="/")
   if workdir_lib.is_writer():
     workdir_lib.write_npz_atomic(directory / VARIABLES_FILE,
@@ -172,7 +181,7 @@ def export_variables(directory: pathlib.Path, variables: Any, config: dict) -> p
   return directory
 
 
-def load_exported(directory: pathlib.Path) -> tuple[dict, dict]:
+def load_exported(directory: epath.PathLike) -> tuple[dict, dict]:
   """Reads an ``export_variables`` folder.
 
   Args:
@@ -182,14 +191,13 @@ def load_exported(directory: pathlib.Path) -> tuple[dict, dict]:
     ``(variables, config)``: the nested variables (``{"params": ..., "batch_stats": ...}``) of
     numpy arrays, and the run's config as a dict.
   """
-  directory = pathlib.Path(directory)
+  directory = epath.Path(directory)
   variables_path, config_path = directory / VARIABLES_FILE, directory / CONFIG_FILE
   for path in (variables_path, config_path):
     if not path.is_file():
       raise CheckpointError(f"{path} not found: pass the 'export' folder of a finished run")
   try:
-    with np.load(variables_path) as f:
-      flat = {k: f[k] for k in f.files}
+    flat = workdir_lib.read_npz(variables_path)
     config = json.loads(config_path.read_text())
   except Exception as e:
     raise CheckpointError(f"cannot read export in {directory}: {e}") from e

@@ -1,5 +1,6 @@
 """Checks a config before any work, so mistakes stop in a second with the key and the fix."""
 
+from collections.abc import Collection
 import pathlib
 
 import jax
@@ -7,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from transinv_jax import models
-from transinv_jax.data import locations, sources
+from transinv_jax.data import folders, locations, sources
 from transinv_jax.models import layers, vgg
 
 
@@ -23,6 +24,58 @@ def require(ok: bool, message: str) -> None:
 
 _require = require
 
+# Sizes split over the devices: (section, key). The same config runs on 1 CPU or a 256-chip slice.
+DEVICE_SPLIT_SIZES = (("train", "batch_size"), ("eval", "items_per_batch"))
+
+
+def device_multiple(value: int, num_devices: int) -> int:
+  """The smallest positive multiple of ``num_devices`` at or above ``value``."""
+  return max(num_devices, -(-value // num_devices) * num_devices)
+
+
+def _split_hint(key: str, value: int, num_devices: int) -> str:
+  return (f"{key}={value} must be a positive multiple of the {num_devices} devices it is split "
+          f"over: use {device_multiple(value, num_devices)}, or leave it unset and it is rounded "
+          "to the devices")
+
+
+def fit_to_devices(config: ml_collections.ConfigDict, num_devices: int,
+                   user_set: Collection[str] = ()) -> list[str]:
+  """Rounds the device-split sizes the user did not set up to a multiple of the devices.
+
+  A config file's batch of 100 evaluation items cannot split over 8 devices; rather than refuse
+  the file on an 8-GPU server or a TPU v3-8, such sizes grow to the next multiple (104). Sizes set
+  on the command line are the user's and stay as given (``check_config`` then names a working
+  value). Evaluation sizes only change how items are chunked, never results; a rounded training
+  batch changes the protocol, so it is logged as a warning by the caller.
+
+  Args:
+    config: a run config: ``train``/``eval`` sections, and for pipelines ``stages.<name>.train``
+      and ``tests.<name>.eval`` overrides (None inherits). Changed in place.
+    num_devices: devices the batch is split over.
+    user_set: dotted keys set on the command line (``config_flags.get_override_values``), e.g.
+      ``train.batch_size`` or ``stages.pretrain.train.batch_size``.
+
+  Returns:
+    One line per changed size, ``config.<key>: <old> -> <new> (...)``.
+  """
+  sections = [("", config)]
+  for group in ("stages", "tests"):
+    for name, entry in (config.get(group) or {}).items():
+      sections.append((f"{group}.{name}.", entry))
+  changes = []
+  for prefix, node in sections:
+    for section, key in DEVICE_SPLIT_SIZES:
+      part = node.get(section)
+      value = part.get(key) if part is not None else None
+      path = f"{prefix}{section}.{key}"
+      if value is None or path in user_set or value <= 0 or value % num_devices == 0:
+        continue
+      part[key] = device_multiple(value, num_devices)
+      changes.append(f"config.{path}: {value} -> {part[key]} (a multiple of the {num_devices} "
+                     "devices)")
+  return changes
+
 
 def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Raises ``ConfigError`` for the first value that cannot work.
@@ -35,9 +88,13 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(data.dataset in sources.DATASETS,
            f"config.data.dataset={data.dataset!r} is not a known dataset; "
            f"use one of {', '.join(sources.DATASETS)}")
-  _require(data.source in ("files", "tfds"),
+  _require(data.source in sources.SOURCES,
            f"config.data.source={data.source!r}: use 'files' (original files under "
-           "config.data.data_dir) or 'tfds'")
+           "config.data.data_dir), 'tfds' or 'folder' (images under config.data.folder)")
+  _check_folder(data)
+  _require(not data.get("mirror") or "://" in data.mirror,
+           f"config.data.mirror={data.get('mirror')!r}: give a base URL serving a data folder, "
+           "e.g. http://host:8000 (`python -m http.server 8000` run in the folder)")
   _require(data.canvas_size > 0 and data.item_size > 0,
            "config.data.canvas_size and config.data.item_size must be positive")
   _require(data.item_size <= data.canvas_size,
@@ -86,8 +143,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
   _require(train.learning_rate > 0,
            f"config.train.learning_rate={train.learning_rate}: must be positive")
   _require(train.batch_size > 0 and train.batch_size % num_devices == 0,
-           f"config.train.batch_size={train.batch_size} must be a positive multiple of the "
-           f"{num_devices} devices it is split over")
+           _split_hint("config.train.batch_size", train.batch_size, num_devices))
   _require(train.max_steps > 0, f"config.train.max_steps={train.max_steps}: must be positive")
   _require(0 <= train.stop_accuracy <= 1,
            f"config.train.stop_accuracy={train.stop_accuracy}: must be in [0, 1]")
@@ -105,8 +161,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
            "config.eval.grid_step and config.eval.dense_stride must be positive")
   _require(ev.max_items >= 0, "config.eval.max_items must be >= 0 (0 = the whole test split)")
   _require(ev.items_per_batch > 0 and ev.items_per_batch % num_devices == 0,
-           f"config.eval.items_per_batch={ev.items_per_batch} must be a positive multiple of "
-           f"the {num_devices} devices")
+           _split_hint("config.eval.items_per_batch", ev.items_per_batch, num_devices))
   _require(ev.centres_per_chunk >= 0,
            "config.eval.centres_per_chunk must be >= 0 (0 = as many as the device memory holds)")
 
@@ -141,6 +196,24 @@ def check_invariance_eval(config: ml_collections.ConfigDict) -> None:
            f"config.eval.shift_tolerance={ev.shift_tolerance}: must be positive (A&W: 0.2)")
   _require(ev.shifts_per_chunk >= 0,
            "config.eval.shifts_per_chunk must be >= 0 (0 = as many as the device memory holds)")
+
+
+def _check_folder(data: ml_collections.ConfigDict) -> None:
+  """Source "folder": dataset "folder" with it, and a folder of class folders holding images."""
+  folder = data.get("folder", "")
+  _require((data.source == "folder") == (data.dataset == "folder"),
+           f"config.data.source={data.source!r} with config.data.dataset={data.dataset!r}: "
+           "images from config.data.folder need both set to 'folder'; the other datasets take "
+           "source 'files' or 'tfds'")
+  if data.source != "folder":
+    return
+  _require(data.get("folder_size", 0) >= 0,
+           f"config.data.folder_size={data.get('folder_size')}: use the stored side in pixels "
+           "(0 = config.data.item_size)")
+  try:
+    folders.class_names(folder)  # lists the class folders and checks each has an image
+  except sources.DataError as e:
+    raise ConfigError(str(e)) from None
 
 
 def _check_model(config: ml_collections.ConfigDict) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from transinv_jax import kernel, sharding
+from transinv_jax import kernel, progress, sharding
 from transinv_jax.data import canvas, locations
 from transinv_jax.train import Items
 
@@ -162,8 +162,9 @@ def shift_sweep(net: kernel.Network, variables: Any, items: Items, centres: np.n
       if done % max(1, calls // 10) == 0 or done == calls:  # about ten progress lines
         jax.block_until_ready(total)
         elapsed = time.perf_counter() - start
-        logging.info("sweep: %d/%d centre chunks, %.0f canvases/s, %.0f s to go", done, calls,
-                     done * chunk * items.num_items / elapsed, elapsed * (calls / done - 1))
+        logging.info("sweep: %d/%d centre chunks (%d%%), %.0f canvases/s, %s to go", done,
+                     calls, 100 * done // calls, done * chunk * items.num_items / elapsed,
+                     progress.format_duration(elapsed * (calls / done - 1)))
     return jnp.concatenate(per_chunk)
 
   correct = kernel.over_seeds(variables, sweep)[:, :num_centres].astype(np.int64)

@@ -11,24 +11,35 @@ keys are torchvision's (``features.0.weight`` ..., ``layer1.0.conv1.weight`` ...
 models only; needs PyTorch.
 """
 
-import pathlib
+import io
 import sys
 
 from absl import app, flags
+from etils import epath
 
 from transinv_jax import checkpoints
+from transinv_jax import workdir as workdir_lib
 from transinv_jax.models import pretrained
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's directory.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's directory (local or gs://).")
 _STAGE = flags.DEFINE_string("stage", "", "The stage to export (its name, as in the config).")
 _SEED = flags.DEFINE_integer("seed", None, "Which seed's network (default: the first).")
-_OUT = flags.DEFINE_string("out", None, "The .pth file to write.")
+_OUT = flags.DEFINE_string("out", None, "The .pth file to write (local or gs://).")
 flags.mark_flags_as_required(["workdir", "out"])
 
 
-def find_export(workdir: str, stage: str = "", seed: int | None = None) -> pathlib.Path:
-  """The export folder of ``stage`` (and ``seed``) in a run, or ``workdir`` if it is one."""
-  workdir = pathlib.Path(workdir)
+def find_export(workdir: str, stage: str = "", seed: int | None = None) -> epath.Path:
+  """The export folder of ``stage`` (and ``seed``) in a run, or ``workdir`` if it is one.
+
+  Args:
+    workdir: a run folder or an export folder, local or gs:// (read through epath).
+    stage: the stage's name; may be empty where the run has one finished stage.
+    seed: which seed's export (default: the first).
+
+  Returns:
+    The export folder (``variables.npz`` and ``config.json``).
+  """
+  workdir = epath.Path(workdir)
   if (workdir / checkpoints.VARIABLES_FILE).is_file():
     return workdir
   stages = sorted((workdir / "stages").glob(f"{stage or '*'}-*/export"))
@@ -54,7 +65,9 @@ def export_torchvision(workdir: str, out: str, stage: str = "", seed: int | None
   if name not in pretrained.TORCHVISION_MODELS:
     raise ValueError(f"{name} has no torchvision counterpart; export supports "
                      f"{', '.join(pretrained.TORCHVISION_MODELS)}")
-  pretrained.save_torchvision(variables, name, out)
+  buffer = io.BytesIO()  # torch.save writes a local file or a buffer; the bytes go through epath
+  pretrained.save_torchvision(variables, name, buffer)
+  workdir_lib.write_bytes_atomic(out, buffer.getvalue())
   return name
 
 

@@ -25,7 +25,9 @@ from transinv_jax.models import pretrained
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and figures.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and figures: a local path or a Cloud "
+    "Storage folder (gs://bucket/run; needs gcsfs and google-cloud-storage).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False,
                                "Call jax.distributed.initialize() (every host of a TPU slice).")
 _CACHE = flags.DEFINE_string(
@@ -74,7 +76,11 @@ def main(argv):
   except KeyError:
     sys.exit(f"error: config.experiment={config.experiment!r}; use one of {list(EXPERIMENTS)}")
   try:
-    experiment(config, _WORKDIR.value, on_config_change=_ON_CONFIG_CHANGE.value)
+    # Keys set on the command line stay as given; the config file's own device-split sizes are
+    # rounded to the devices (config_checks.fit_to_devices).
+    user_set = set(config_flags.get_override_values(flags.FLAGS["config"]))
+    experiment(config, _WORKDIR.value, on_config_change=_ON_CONFIG_CHANGE.value,
+               user_set=user_set)
   except USER_ERRORS + (pipeline.TrainingDiverged,) as e:
     sys.exit(f"error: {e}")
   except preemption.Preempted as e:

@@ -1,7 +1,8 @@
 """Figures written by runs: accuracy heatmaps over the tested item centres, bars, matrices and
 cosine-similarity curves (the experiments' figures are composed from these in reports.py)."""
 
-import pathlib
+import io
+import textwrap
 from typing import Sequence
 
 import matplotlib
@@ -9,6 +10,31 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers and TPU VMs
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
+from etils import epath
+
+from transinv_jax import workdir as workdir_lib
+
+
+def savefig(fig, path: epath.PathLike, dpi: int = 120) -> None:
+  """Writes ``fig`` to ``path`` (local or ``gs://``), atomically (``workdir.write_bytes_atomic``).
+
+  Args:
+    fig: a matplotlib figure.
+    path: the file; its suffix names the format (``.png``, ``.pdf``, ...).
+    dpi: resolution.
+  """
+  path = epath.Path(path)
+  buffer = io.BytesIO()  # matplotlib writes local files only; the bytes go through epath
+  fig.savefig(buffer, format=path.suffix[1:] or "png", dpi=dpi)
+  workdir_lib.write_bytes_atomic(path, buffer.getvalue())
+
+
+def fit_title(fig, title: str, fontsize: float = 10) -> str:
+  """``title`` with each line wrapped to ``fig``'s width, so a figure of one cell or panel (a
+  one-pair exp2 matrix, a one-class heatmap) never cuts its title off."""
+  # About 0.6 em per character in matplotlib's default sans-serif; 72 points an inch.
+  chars = max(12, int(fig.get_figwidth() * 72 / (0.6 * fontsize)))
+  return "\n".join(textwrap.fill(line, chars) for line in title.split("\n"))
 
 
 def interpolate_grid(values: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -35,8 +61,7 @@ def _finish(fig, ax, image, path, title, chance):
   if chance is not None:
     bar.ax.axhline(chance, color="white", linestyle="--", linewidth=1)
   fig.tight_layout()
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  savefig(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -112,7 +137,8 @@ def class_heatmaps(class_accuracy: np.ndarray, xs: Sequence[int], ys: Sequence[i
   num_classes = class_accuracy.shape[-1]
   cols = int(np.ceil(np.sqrt(num_classes)))
   rows = int(np.ceil(num_classes / cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols + 1, 1.9 * rows + 0.6), squeeze=False)
+  fig, axes = plt.subplots(rows, cols, figsize=(max(4.0, 1.9 * cols + 1), 1.9 * rows + 0.9),
+                           squeeze=False, layout="constrained")
   extent = (xs[0], xs[-1], ys[-1], ys[0])
   image = None
   for k, ax in enumerate(axes.flat):
@@ -126,10 +152,9 @@ def class_heatmaps(class_accuracy: np.ndarray, xs: Sequence[int], ys: Sequence[i
     ax.set_title(str(class_names[k]), fontsize=9)
     if trained is not None:
       ax.plot(*trained, "rx", markersize=5)
-  fig.suptitle(title)
+  fig.suptitle(fit_title(fig, title, 12))
   fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="accuracy")
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -138,8 +163,7 @@ def class_heatmaps(class_accuracy: np.ndarray, xs: Sequence[int], ys: Sequence[i
 
 def _save(fig, path: str, dpi: int = 120) -> None:
   fig.tight_layout()
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=dpi)
+  savefig(fig, path, dpi=dpi)
   plt.close(fig)
 
 
@@ -268,7 +292,7 @@ def heatmap_panels(panels: Sequence[np.ndarray], xs: Sequence[int], ys: Sequence
   count = len(panels)
   cols = min(count, 6)
   rows = int(np.ceil(count / cols))
-  fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 1.2, 2.7 * rows + 0.9),
+  fig, axes = plt.subplots(rows, cols, figsize=(max(4.5, 2.6 * cols + 1.2), 2.7 * rows + 0.9),
                            squeeze=False, layout="constrained")
   image = None
   for k, ax in enumerate(axes.flat):
@@ -290,10 +314,9 @@ def heatmap_panels(panels: Sequence[np.ndarray], xs: Sequence[int], ys: Sequence
       ax.plot(*mark, "rx", markersize=7)
     ax.set_title(titles[k], fontsize=8)
     ax.tick_params(labelsize=7)
-  fig.suptitle(title, fontsize=10)
+  fig.suptitle(fit_title(fig, title), fontsize=10)
   fig.colorbar(image, ax=axes, fraction=0.02, pad=0.02, label="accuracy")
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -341,8 +364,7 @@ def coverage_panels(maps: Sequence[np.ndarray], regions: Sequence[np.ndarray], p
     bar.ax.tick_params(labelsize=7)
   fig.suptitle(f"{title}\ncolour: P(pixel covered by a training item of the group)",
                fontsize=10)
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
+  savefig(fig, path, dpi=110)
   plt.close(fig)
 
 
@@ -379,8 +401,7 @@ def grouped_bars(means: np.ndarray, stds: np.ndarray, groups: Sequence[str],
   ax.set_ylabel(ylabel)
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=8, title=legend_title or None, title_fontsize=8)
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  savefig(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -400,7 +421,7 @@ def matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: s
     vmax: its upper end.
   """
   values = np.asarray(values, np.float64)
-  fig, ax = plt.subplots(figsize=(1.0 * len(cols) + 3, 0.8 * len(rows) + 2),
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.0 * len(cols) + 3), 0.8 * len(rows) + 2.4),
                          layout="constrained")
   image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis")
   for i in range(values.shape[0]):
@@ -415,10 +436,9 @@ def matrix(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: s
   ax.set_yticklabels(rows)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
+  fig.suptitle(fit_title(fig, title), fontsize=10)
   fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  savefig(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -458,8 +478,7 @@ def curves(x: Sequence[float], lines: dict[str, np.ndarray], path: str, *, title
   ax.grid(alpha=0.3)
   if lines:
     ax.legend(fontsize=8, loc="best")
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  savefig(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -485,8 +504,7 @@ def shift_rows(values: np.ndarray, shifts: Sequence[int], path: str, *, title: s
   ax.set_ylabel("item (sorted by sum)")
   ax.set_title(title, fontsize=10)
   fig.colorbar(image, ax=ax, label=label)
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  savefig(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -519,8 +537,7 @@ def feature_sums(panels: dict[str, np.ndarray], shifts: Sequence[int], path: str
     ax.grid(alpha=0.3)
   axes[0][0].set_ylabel("global sum / its mean")
   fig.suptitle(title, fontsize=10)
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  savefig(fig, path, dpi=120)
   plt.close(fig)
 
 
@@ -550,6 +567,5 @@ def layer_panels(layers: Sequence[str], metrics: dict[str, dict[str, np.ndarray]
     if len(networks) > 1:
       ax.legend(fontsize=7)
   fig.suptitle(title, fontsize=10)
-  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=120)
+  savefig(fig, path, dpi=120)
   plt.close(fig)

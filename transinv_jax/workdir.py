@@ -3,6 +3,11 @@
 Every file is written to a temporary name and renamed into place; ``summary.json`` is written last
 and is the mark of a finished run. On multi-host runs only process 0 writes.
 
+Paths go through ``etils.epath``, so a workdir (or ``config.stage_dir``) may be a local folder or
+a Cloud Storage folder (``gs://bucket/run``; epath needs ``gcsfs`` or TensorFlow for it). On an
+object store a file is one object, written whole in one request: it is already atomic, so it is
+written in place instead of to a temporary name (a rename there is a copy and a delete).
+
 ``config.json`` holds the run's config. A rerun with the same config resumes (or finds the run
 finished); a rerun with another config is refused unless ``on_config_change`` says how:
 ``resume`` continues the stored run with its stored config, ``restart`` discards the run's
@@ -10,16 +15,16 @@ results and runs the new config (trained stages are kept: their folders are keye
 that determines them, so a stage of the new config never reuses one it should not).
 """
 
+import importlib.util
+import io
 import json
 import os
-import pathlib
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
-
 from absl import logging
+from etils import epath
 
 SUMMARY = "summary.json"
 CONFIG = "config.json"
@@ -33,13 +38,75 @@ class WorkdirError(RuntimeError):
   """A workdir that cannot be used as it is; the message says what to do."""
 
 
-def read_json(path: pathlib.Path, what: str) -> Any | None:
+def is_local(path: epath.PathLike) -> bool:
+  """Whether ``path`` is on this machine's file system (not ``gs://`` or another object store)."""
+  return "://" not in os.fspath(path)
+
+
+def _one_line(e: BaseException) -> str:
+  return " ".join(f"{type(e).__name__}: {e}".split())[:500]
+
+
+def _gcs_needs() -> list[str]:
+  """What orbax needs beyond epath for a gs:// checkpoint folder and is not installed."""
+  try:
+    found = importlib.util.find_spec("google.cloud.storage") is not None
+  except ImportError:  # no google.cloud namespace at all
+    found = False
+  # Orbax deletes old steps on gs:// (CheckpointManager's max_to_keep) through it.
+  return [] if found else ["google-cloud-storage"]
+
+
+def check_usable(path: epath.PathLike, flag: str = "--workdir") -> epath.Path:
+  """``path`` as an epath; a non-local one is made and proven writable before any work.
+
+  Makes the folder, writes a probe file, reads it back and deletes it (on every host: all of
+  them write checkpoints). A local path is left to the usual checks and is not created here, so
+  that a run stopped by a bad config leaves no folder behind.
+
+  Args:
+    path: a workdir or stage folder: a local path, ``gs://bucket/...`` or any path epath accepts.
+    flag: how the user named it, for the message.
+
+  Returns:
+    The path as an ``epath.Path``.
+
+  Raises:
+    WorkdirError: the folder cannot be used (no backend installed for its scheme, no access),
+      in one line that says why.
+  """
+  path = epath.Path(path)
+  if is_local(path):
+    return path
+  hint = ""
+  if os.fspath(path).startswith("gs://"):
+    hint = ('; gs:// needs pip install -e ".[gcs]" (gcsfs and google-cloud-storage; TensorFlow '
+            "can stand in for gcsfs) and credentials that may write to the bucket (gcloud auth "
+            "application-default login, or the VM's service account)")
+  probe = path / f".transinv_probe.{jax.process_index()}.{os.getpid()}"
+  token = f"transinv_jax probe {os.getpid()}".encode()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_bytes(token)
+    if probe.read_bytes() != token:
+      raise OSError("the probe file read back differs from what was written")
+    probe.unlink()
+  except Exception as e:  # backends raise ImportError, OSError, auth and HTTP errors...
+    raise WorkdirError(f"{flag}={path} cannot be used ({_one_line(e)}){hint}") from None
+  missing = _gcs_needs() if os.fspath(path).startswith("gs://") else []
+  if missing:
+    raise WorkdirError(f"{flag}={path}: orbax needs {', '.join(missing)} to manage checkpoints "
+                       f"on Cloud Storage{hint}")
+  return path
+
+
+def read_json(path: epath.PathLike, what: str) -> Any | None:
   """A JSON file the run wrote earlier, or None (with a warning) if it is missing or damaged.
 
   Only for files that can be made again (a test's result, a stage's record, the summary): the
   caller redoes the work when None comes back.
   """
-  path = pathlib.Path(path)
+  path = epath.Path(path)
   if not path.exists():
     return None
   try:
@@ -57,9 +124,9 @@ def diff(a: Any, b: Any, prefix: str = "config") -> list[str]:
   return [] if a == b else [prefix]
 
 
-def stored_config(workdir: pathlib.Path) -> dict | None:
+def stored_config(workdir: epath.PathLike) -> dict | None:
   """The config a workdir's run was started with, or None for a new workdir."""
-  path = pathlib.Path(workdir) / CONFIG
+  path = epath.Path(workdir) / CONFIG
   if not path.exists():
     return None
   try:
@@ -71,7 +138,7 @@ def stored_config(workdir: pathlib.Path) -> dict | None:
         "new --workdir") from None
 
 
-def choose_config(current: dict, workdir: pathlib.Path, on_config_change: str) -> dict:
+def choose_config(current: dict, workdir: epath.PathLike, on_config_change: str) -> dict:
   """The config to run in ``workdir``: ``current``, or the stored one when resuming as is.
 
   Reads only; nothing is written or removed (``prepare`` does that, after every check).
@@ -101,13 +168,13 @@ def choose_config(current: dict, workdir: pathlib.Path, on_config_change: str) -
       "--workdir")
 
 
-def prepare(config: dict, workdir: pathlib.Path) -> dict | None:
+def prepare(config: dict, workdir: epath.PathLike) -> dict | None:
   """Creates the workdir for ``config`` (from ``choose_config``), clearing another config's run.
 
   Returns:
     The stored summary if this exact run already finished, else None.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = epath.Path(workdir)
   try:
     stored = stored_config(workdir)
   except WorkdirError:
@@ -119,7 +186,7 @@ def prepare(config: dict, workdir: pathlib.Path) -> dict | None:
       for name in RESULTS:
         path = workdir / name
         if path.is_dir():
-          shutil.rmtree(path)
+          path.rmtree()
         elif path.exists():
           path.unlink()
   if (workdir / CONFIG).exists():
@@ -138,9 +205,19 @@ def is_writer() -> bool:
   return jax.process_index() == 0
 
 
-def write_bytes_atomic(path: pathlib.Path, data: bytes) -> None:
-  path = pathlib.Path(path)
+def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
+  """Writes ``data`` to ``path`` so that a reader sees the old file or the new one, whole.
+
+  Args:
+    path: the file: local, or on an object store (``gs://``).
+    data: its new content.
+  """
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
+  if not is_local(path):
+    # An object store shows an object only once its upload is complete: one write is atomic.
+    path.write_bytes(data)
+    return
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
   with open(tmp, "wb") as f:
     f.write(data)
@@ -157,20 +234,30 @@ def _to_builtin(x: Any) -> Any:
   raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def write_json_atomic(path: pathlib.Path, obj: Any) -> None:
+def write_json_atomic(path: epath.PathLike, obj: Any) -> None:
   write_bytes_atomic(path, json.dumps(obj, indent=2, default=_to_builtin).encode() + b"\n")
 
 
-def write_npz_atomic(path: pathlib.Path, **arrays: np.ndarray) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.npz")
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+def write_npz_atomic(path: epath.PathLike, **arrays: np.ndarray) -> None:
+  """``np.savez`` to ``path`` (local or not), atomically as ``write_bytes_atomic``."""
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_npz(path: epath.PathLike) -> dict[str, np.ndarray]:
+  """Every array of an ``.npz`` file (local or not)."""
+  with epath.Path(path).open("rb") as f:
+    data = f.read()  # whole: np.load seeks, which remote files may not do well
+  with np.load(io.BytesIO(data)) as f:
+    return {k: f[k] for k in f.files}
 
 
 class MetricsWriter:
   """Appends one JSON object per line to ``metrics.jsonl``.
+
+  Object stores (``gs://``) cannot append: there the file is written again, whole, with each
+  record (one object write, so never a half line; a stage's records are a few hundred KB).
 
   Args:
     path: the file.
@@ -179,17 +266,28 @@ class MetricsWriter:
       again. None keeps everything.
   """
 
-  def __init__(self, path: pathlib.Path, keep_until: int | None = None):
-    self._path = pathlib.Path(path)
-    if keep_until is not None and self._path.exists() and is_writer():
-      kept = [line for line in self._path.read_text().splitlines()
-              if line.strip() and _last_step(json.loads(line)) <= keep_until]
+  def __init__(self, path: epath.PathLike, keep_until: int | None = None):
+    self._path = epath.Path(path)
+    self._lines = None if is_local(self._path) else []  # an object store's whole file
+    if not is_writer() or not self._path.exists():
+      return
+    if keep_until is None and self._lines is None:
+      return
+    kept = [line for line in self._path.read_text().splitlines() if line.strip()]
+    if keep_until is not None:
+      kept = [line for line in kept if _last_step(json.loads(line)) <= keep_until]
       write_bytes_atomic(self._path, "".join(line + "\n" for line in kept).encode())
+    if self._lines is not None:
+      self._lines = kept
 
   def write(self, **record: Any) -> None:
     if not is_writer():
       return
     line = json.dumps(record, default=_to_builtin)
+    if self._lines is not None:
+      self._lines.append(line)
+      write_bytes_atomic(self._path, "".join(l + "\n" for l in self._lines).encode())
+      return
     with open(self._path, "a") as f:
       f.write(line + "\n")
 
@@ -198,7 +296,6 @@ def _last_step(record: dict) -> int:
   return int(np.max(record.get("step", 0)))
 
 
-def read_metrics(path: pathlib.Path) -> list[dict]:
+def read_metrics(path: epath.PathLike) -> list[dict]:
   """The records of a ``metrics.jsonl`` file."""
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]

@@ -9,24 +9,35 @@ Source "files" reads a folder laid out as ``../shared/data`` (see its README.md)
   <data_dir>/emnist/: emnist-letters-{train,test}-{images-idx3,labels-idx1}-ubyte.gz (or in gzip/);
   <data_dir>/leek/: 1.png ... 24.png.
 
+Missing files are fetched on first use (``download.py``): from their publishers (not Leek), or
+from a mirror serving a data folder in this layout (config.data.mirror or
+$TRANSINV_JAX_DATA_MIRROR).
+
 Source "tfds" reads prepared TFDS datasets (Leek is not in TFDS).
+
+Source "folder" (with dataset "folder") reads images from ``config.data.folder``, one subfolder
+per class: ``root/<class>/*.{png,jpg,jpeg}``, e.g. ImageNet validation images (folders.py).
 """
 
 import dataclasses
+import importlib.util
 import os
 import pathlib
 
 import numpy as np
 
-from transinv_jax.data import formats
+from transinv_jax.data import download, folders, formats
 from transinv_jax.data.formats import DataError
 
 DATASETS = (
     "mnist", "fashion_mnist", "kmnist", "emnist_letters", "leek", "leek10", "leek2",
+    "folder",  # the classes of config.data.folder (source "folder" only)
 )
-SOURCES = ("files", "tfds")
+SOURCES = ("files", "tfds", "folder")
 SPLITS = ("train", "test")
 DATA_DIR_ENV = "TRANSINV_JAX_DATA"
+DEFAULT_DATA_DIR = "~/.cache/transinv_jax/data"
+MIRROR_ENV = download.MIRROR_ENV
 
 # Leek image numbers (1..24) in Leek10 and Leek2. The paper does not say which images it used:
 # this is our choice (the first ten, then the next two), and it must stay fixed so results compare.
@@ -117,8 +128,11 @@ class ItemSet:
   class_names: tuple[str, ...]
 
 
-def class_names(dataset: str) -> tuple[str, ...]:
-  """``dataset``'s class names, indexed by label, without reading its files."""
+def class_names(dataset: str, folder: str = "") -> tuple[str, ...]:
+  """``dataset``'s class names, indexed by label, without reading its files (for dataset
+  "folder": the class folders of ``folder``, config.data.folder)."""
+  if dataset == "folder":
+    return folders.class_names(folder)
   if dataset not in _CLASS_NAMES:
     raise DataError(f"unknown dataset {dataset!r}; use one of {', '.join(DATASETS)}")
   return _CLASS_NAMES[dataset]
@@ -128,22 +142,13 @@ def resolve_data_dir(data_dir: str | None) -> pathlib.Path:
   """Returns the folder holding the original dataset files.
 
   Args:
-    data_dir: config.data.data_dir; when empty, the environment variable TRANSINV_JAX_DATA.
+    data_dir: config.data.data_dir; when empty, the environment variable TRANSINV_JAX_DATA, then
+      DEFAULT_DATA_DIR.
 
   Returns:
-    The folder (not checked for existence).
-
-  Raises:
-    DataError: neither is set.
+    The folder (not checked for existence: downloads create it).
   """
-  path = data_dir or os.environ.get(DATA_DIR_ENV)
-  if not path:
-    raise DataError(
-        f"no data folder given: set config.data.data_dir or the environment variable "
-        f"{DATA_DIR_ENV} to the folder holding mnist/, fashion_mnist/, kmnist/, emnist/ and leek/ "
-        "(e.g. ../shared/data)"
-    )
-  return pathlib.Path(path).expanduser()
+  return pathlib.Path(data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR).expanduser()
 
 
 def load_items(
@@ -154,6 +159,9 @@ def load_items(
     data_dir: str | None = None,
     max_items: int = 0,
     download: bool = False,
+    folder: str = "",
+    folder_size: int = 0,
+    mirror: str | None = None,
 ) -> ItemSet:
   """Loads a dataset split's items into host memory.
 
@@ -165,14 +173,22 @@ def load_items(
       TRANSINV_JAX_DATA); for "tfds", the TFDS data dir (default: TFDS's own).
     max_items: when > 0, keep only the first max_items items (file order).
     download: for "tfds", let TFDS download and prepare the dataset (needs internet).
+    folder: for "folder", the root of the class folders (config.data.folder; see folders.py).
+    folder_size: for "folder", the side the images are stored at (config.data.folder_size, or
+      the item size when that is 0): each image's centre square resized to it.
+    mirror: for "files", the base URL of a served data folder to fetch missing files from
+      (config.data.mirror; default: env TRANSINV_JAX_DATA_MIRROR, then the publishers).
 
   Returns:
     The items.
 
   Raises:
-    DataError: bad config value, missing or corrupt files, or TFDS dataset not prepared.
+    DataError: bad config value, missing files that cannot be fetched, corrupt files, or TFDS
+      dataset not prepared.
     ValueError: unknown split or negative max_items.
   """
+  if source == "folder" or dataset == "folder":
+    return _load_folder(dataset, split, source, folder, folder_size, max_items)
   if dataset not in DATASETS:
     raise DataError(
         f"unknown dataset {dataset!r} in config.data.dataset; use one of {', '.join(DATASETS)}"
@@ -187,12 +203,13 @@ def load_items(
     raise ValueError(f"max_items must be >= 0, got {max_items}")
 
   class_names = _CLASS_NAMES[dataset]
+  mirror = mirror or os.environ.get(MIRROR_ENV, "")
   if source == "tfds":
     images, labels, origin = _load_tfds(dataset, split, data_dir, download)
   elif dataset in _LEEK_SUBSETS:
-    images, labels, origin = _load_leek(dataset, resolve_data_dir(data_dir))
+    images, labels, origin = _load_leek(dataset, resolve_data_dir(data_dir), mirror)
   else:
-    images, labels, origin = _load_files(dataset, split, resolve_data_dir(data_dir))
+    images, labels, origin = _load_files(dataset, split, resolve_data_dir(data_dir), mirror)
 
   if images.ndim == 3:
     images = images[..., None]
@@ -225,20 +242,20 @@ def load_items(
   )
 
 
-def _dataset_dir(root: pathlib.Path, dataset: str, folder: str) -> pathlib.Path:
-  """Returns <root>/<folder>, raising a DataError that says what belongs there if it is missing."""
-  if not root.is_dir():
+def _load_folder(dataset: str, split: str, source: str, folder: str, size: int,
+                 max_items: int) -> ItemSet:
+  """Source "folder": ``folders.load_folder``'s items; dataset and source must both say so."""
+  if (source, dataset) != ("folder", "folder"):
     raise DataError(
-        f"data folder {root} does not exist: set config.data.data_dir (or {DATA_DIR_ENV}) to the "
-        f"folder holding {folder}/ with {_EXPECTED_FILES[dataset]}"
-    )
-  path = root / folder
-  if not path.is_dir():
-    raise DataError(
-        f"folder {path} for dataset {dataset!r} not found: put {_EXPECTED_FILES[dataset]} there, "
-        f"or set config.data.data_dir (or {DATA_DIR_ENV}) to a folder that has {folder}/"
-    )
-  return path
+        f"config.data.source={source!r} with config.data.dataset={dataset!r}: images from "
+        "config.data.folder need both set to 'folder'")
+  if split not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+  if size < 1:
+    raise DataError(f"folder_size={size}: give the stored side in pixels (the pipeline gives "
+                    "config.data.folder_size, or config.data.item_size when that is 0)")
+  images, labels, names = folders.load_folder(folder, split, size=size, max_items=max_items)
+  return ItemSet(images=images, labels=labels, num_classes=len(names), class_names=names)
 
 
 def _read(path: pathlib.Path) -> np.ndarray:
@@ -246,41 +263,31 @@ def _read(path: pathlib.Path) -> np.ndarray:
 
 
 def _load_files(
-    dataset: str, split: str, root: pathlib.Path
+    dataset: str, split: str, root: pathlib.Path, mirror: str
 ) -> tuple[np.ndarray, np.ndarray, str]:
-  """Reads an MNIST-like dataset's split from its original files.
+  """Reads an MNIST-like dataset's split from its original files, fetched first if missing.
 
   Returns:
     images [num_items, height, width] as stored, labels [num_items] as stored, and the files' names
     for messages.
   """
   folder, layouts = _FILE_LAYOUTS[dataset]
-  path = _dataset_dir(root, dataset, folder)
-  for images_name, labels_name in layouts[split]:
-    images_path, labels_path = path / images_name, path / labels_name
-    if images_path.is_file() and labels_path.is_file():
-      break
-  else:
-    missing = [str(path / name) for name in layouts[split][0] if not (path / name).is_file()]
-    raise DataError(
-        f"missing {' and '.join(missing)} for dataset {dataset!r}: {path} must hold "
-        f"{_EXPECTED_FILES[dataset]}; fix the folder or config.data.data_dir (or {DATA_DIR_ENV})"
-    )
+  images_path, labels_path = download.ensure_files(
+      root, folder, layouts[split], mirror, _EXPECTED_FILES[dataset])
   return _read(images_path), _read(labels_path), f"{images_path} / {labels_path}"
 
 
-def _load_leek(dataset: str, root: pathlib.Path) -> tuple[np.ndarray, np.ndarray, str]:
-  """Reads the dataset's Leek images, composited over black; class i is the subset's i-th image."""
-  path = _dataset_dir(root, dataset, "leek")
-  numbers = _LEEK_SUBSETS[dataset]
-  missing = [str(path / f"{n}.png") for n in numbers if not (path / f"{n}.png").is_file()]
-  if missing:
-    raise DataError(
-        f"missing {', '.join(missing)} for dataset {dataset!r}: {path} must hold "
-        f"{_EXPECTED_FILES[dataset]}; fix the folder or config.data.data_dir (or {DATA_DIR_ENV})"
-    )
-  images = np.stack([formats.read_png_over_black(path / f"{n}.png") for n in numbers])
-  return images, np.arange(len(numbers)), str(path)
+def _load_leek(
+    dataset: str, root: pathlib.Path, mirror: str
+) -> tuple[np.ndarray, np.ndarray, str]:
+  """Reads the dataset's Leek images, composited over black; class i is the subset's i-th image.
+
+  Missing images come only from a mirror: Leek has no publisher download.
+  """
+  names = [f"{n}.png" for n in _LEEK_SUBSETS[dataset]]
+  paths = download.ensure_files(root, "leek", [names], mirror, _EXPECTED_FILES[dataset])
+  images = np.stack([formats.read_png_over_black(path) for path in paths])
+  return images, np.arange(len(names)), str(root / "leek")
 
 
 def _load_tfds(
@@ -297,6 +304,10 @@ def _load_tfds(
         f"dataset {dataset!r} is not in TFDS: set config.data.source='files' and put its files "
         "under config.data.data_dir"
     )
+  if not all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorflow_datasets")):
+    # Checked before importing, so that TensorFlow's start-up lines do not bury the message.
+    raise DataError("config.data.source='tfds' needs TensorFlow Datasets with TensorFlow: "
+                    'pip install -e ".[tfds]"')
   # Imported here because importing TensorFlow takes seconds.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
@@ -306,7 +317,7 @@ def _load_tfds(
   except AssertionError as e:  # TFDS's "could not find data" when the dataset is not prepared.
     raise DataError(
         f"TFDS dataset {name!r} is not prepared in {data_dir or 'the default TFDS data dir'}: "
-        f"prepare it with internet (`tfds build {name}`, or load_items(..., download=True)) into "
+        f"prepare it with internet (`tfds build {name}`, or --config.data.tfds_download=True) into "
         "config.data.data_dir, or set config.data.source='files'"
     ) from e
   # batch_size=-1 in tfds.load aborts under tfds.testing.mock_data, so batch and concatenate.

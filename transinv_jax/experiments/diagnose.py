@@ -21,6 +21,7 @@ the figures of ``diagnostics``), ``report.json`` (the network, its origin and ev
 ``summary.json`` last.
 """
 
+from collections.abc import Collection
 import dataclasses
 import json
 import pathlib
@@ -30,6 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from transinv_jax import checkpoints, config_checks, finetune, kernel, models, sharding
 from transinv_jax import workdir as workdir_lib
@@ -66,13 +68,20 @@ def _set_keys(section: ml_collections.ConfigDict) -> dict:
   return {k: v for k, v in section.items() if v is not None}
 
 
-def export_folders(checkpoint: str, stage: str = "") -> tuple[str, list[pathlib.Path]]:
+def export_folders(checkpoint: str, stage: str = "") -> tuple[str, list[epath.Path]]:
   """The kind of ``checkpoint`` and its export folders (one per seed).
+
+  Args:
+    checkpoint: an export, stage or run folder: local or gs:// (read through epath).
+    stage: the stage, where ``checkpoint`` is a run folder of several.
+
+  Returns:
+    ``(kind, folders)``: ``export`` or ``stage``, and the export folder of each seed.
 
   Raises:
     CheckpointError: nothing readable there (the message says what is accepted).
   """
-  path = pathlib.Path(checkpoint).expanduser()
+  path = epath.Path(checkpoint).expanduser()
   if (path / checkpoints.VARIABLES_FILE).is_file():
     return "export", [path]
   stage_dirs = [path] if (path / "export").is_dir() else sorted(
@@ -161,7 +170,8 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
   return Network(origin, variables, seeds, num_classes, flat, mean, std)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse") -> dict:
+def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse",
+        user_set: Collection[str] = ()) -> dict:
   """Measures the network of ``config.checkpoint``; see the module docstring.
 
   Every check (the checkpoint, the resolved config, the data files) runs before any file is
@@ -171,16 +181,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
     config: a ``configs/diagnose.py`` config.
     workdir: the run directory.
     on_config_change: when ``workdir`` holds a run of another config (``workdir.py``).
+    user_set: the keys set on the command line; the device-split sizes among the others are
+      rounded to the devices (``config_checks.fit_to_devices``).
 
   Returns:
     The summary (also in ``workdir/summary.json``).
   """
-  workdir = pathlib.Path(workdir)
+  # A gs:// (non-local) workdir is proven writable here, before any other work.
+  workdir = workdir_lib.check_usable(workdir)
   config = pipeline.workdir_config(config, workdir, on_config_change)
   mesh = sharding.make_mesh()
   platform = jax.default_backend()
   network = load_network(config, platform)
   flat = network.flat
+  for change in config_checks.fit_to_devices(flat, mesh.size, user_set):
+    logging.info("%s", change)
   try:
     config_checks.check_config(flat, mesh.size)
     config_checks.check_invariance_eval(flat)

@@ -21,7 +21,6 @@ returns the record (per-seed values, their mean and std).
 
 import contextlib
 import dataclasses
-import pathlib
 import warnings
 from typing import Any, Sequence
 
@@ -29,6 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
 from transinv_jax import invariance, kernel, plots, similarity
 from transinv_jax import workdir as workdir_lib
@@ -56,7 +56,7 @@ def path_base(canvas_size: int, item_size: int, kind: str, length: int) -> tuple
 
 def invariance_test(net: kernel.Network, variables: Any, item_set: sources.ItemSet,
                     items: Items, *, flat: ml_collections.ConfigDict, render: canvas.Renderer,
-                    mesh, directory: pathlib.Path, seeds: Sequence[int], labelled: bool,
+                    mesh, directory: epath.Path, seeds: Sequence[int], labelled: bool,
                     title: str) -> dict:
   """Measures one network's invariance (each seed) and writes ``invariance.npz`` and figures.
 
@@ -225,8 +225,8 @@ def _figures(directory, title, first, feature_layer, offsets, diagonal_offsets, 
                        title=f"{title}: per-layer invariance (mean over seeds)")
 
 
-def comparison_figures(workdir: pathlib.Path, records: Sequence[dict], figures: pathlib.Path,
-                       experiment: str) -> list[pathlib.Path]:
+def comparison_figures(workdir: epath.Path, records: Sequence[dict], figures: epath.Path,
+                       experiment: str) -> list[epath.Path]:
   """Figures comparing the networks of several ``invariance`` tests (Azulay & Weiss).
 
   Returns:
@@ -235,8 +235,7 @@ def comparison_figures(workdir: pathlib.Path, records: Sequence[dict], figures: 
     ``invariance_measures.png`` (the scalar measures as bars).
   """
   def load(test):
-    with np.load(workdir / "tests" / test / "invariance.npz") as f:
-      return {k: f[k] for k in f.files}
+    return workdir_lib.read_npz(workdir / "tests" / test / "invariance.npz")
 
   data = {r.get("network") or r["test"]: load(r["test"]) for r in records}
   written = []

@@ -19,6 +19,7 @@ config -> stages (items on the device, canvases made there, seeds trained side b
 determines the stage, so stages can be shared between experiments (exp2 and exp5) safely.
 """
 
+from collections.abc import Collection
 import copy
 import dataclasses
 import functools
@@ -34,9 +35,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
+from etils import epath
 
-from transinv_jax import checkpoints, config_checks, evaluate, finetune, kernel, models, plots
-from transinv_jax import preemption, sharding, similarity, train
+from transinv_jax import checkpoints, config_checks, evaluate, finetune, kernel, metric_writer
+from transinv_jax import models, plots, preemption, progress, sharding, similarity, train
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import canvas, locations, sources
 from transinv_jax.experiments import diagnostics, reports, spec
@@ -47,32 +49,9 @@ class TrainingDiverged(RuntimeError):
   """A stage's loss became NaN or infinite; its last good checkpoint is kept."""
 
 
-def metric_writer(logdir: pathlib.Path):
-  """CLU's metric writer: TensorBoard event files under ``logdir`` on process 0, logging only on
-  the other processes (and where TensorBoard cannot be imported)."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # CLU's TensorBoard writer needs TensorFlow, an optional dependency
-    logging.warning("no TensorBoard files (%s): pip install -e '.[tfds]' for them; metrics.jsonl "
-                    "holds the same records", e)
-    return _NoBoard()
-  return metric_writers.create_default_writer(str(logdir),
-                                              just_logging=not workdir_lib.is_writer())
-
-
-class _NoBoard:
-  """Stands in for a metric writer where TensorBoard is not installed."""
-
-  def write_scalars(self, step, scalars):
-    del step, scalars
-
-  def close(self):
-    pass
-
-
 # Keys that change how a stage is run, not what it computes: left out of its cache key.
-_RUN_ONLY = {("data", "data_dir"), ("data", "tfds_download"), ("train", "log_every"),
-             ("train", "scan_steps"), ("train", "checkpoint_every")}
+_RUN_ONLY = {("data", "data_dir"), ("data", "mirror"), ("data", "tfds_download"),
+             ("train", "log_every"), ("train", "scan_steps"), ("train", "checkpoint_every")}
 
 
 def _as_dict(config: ml_collections.ConfigDict) -> dict:
@@ -113,6 +92,9 @@ def stage_key(config: ml_collections.ConfigDict, name: str) -> str:
               "parent": stage_key(config, entry.parent) if entry.parent else ""}
   for section in ("data", "model", "train"):
     identity[section] = {k: v for k, v in flat[section].items() if (section, k) not in _RUN_ONLY}
+  if identity["data"].get("source") != "folder":  # so other sources' stages keep their keys
+    for key in ("folder", "folder_size"):
+      identity["data"].pop(key, None)
   if entry.untrained:
     identity.pop("train")
   if keeps_file_head(entry):  # not the earlier stages that put a fresh task head on the file
@@ -225,7 +207,9 @@ def load_items(data: ml_collections.ConfigDict, split: str, max_items: int) -> s
   whole = bool(data.classes or data.get("val_items", 0))
   item_set = sources.load_items(
       data.dataset, file_split, source=data.source, data_dir=data.data_dir or None,
-      max_items=0 if whole else max_items, download=data.tfds_download)
+      max_items=0 if whole else max_items, download=data.tfds_download,
+      folder=data.get("folder", ""), folder_size=data.get("folder_size", 0) or data.item_size,
+      mirror=data.get("mirror", ""))
   images, labels = item_set.images, item_set.labels
   if data.classes:
     if data.classes > item_set.num_classes:
@@ -390,7 +374,8 @@ class Pipeline:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
     self.config, self.workdir, self.mesh = config, workdir, mesh
-    self.stage_dir = pathlib.Path(config.stage_dir) if config.stage_dir else workdir / "stages"
+    # Local or gs:// (epath): run() has checked that a non-local one can be written.
+    self.stage_dir = epath.Path(config.stage_dir) if config.stage_dir else workdir / "stages"
     self.seeds = [config.seed + i for i in range(config.num_seeds)]
     self.platform = jax.default_backend()
     self._stages: dict[str, TrainedStage] = {}
@@ -411,7 +396,7 @@ class Pipeline:
   def items(self, data: ml_collections.ConfigDict, split: str, max_items: int):
     """(host ItemSet, device Items) for a split, loaded and resized once per run."""
     key = (data.dataset, data.classes, data.source, split, max_items, data.item_size,
-           data.val_items, data.labels)
+           data.val_items, data.labels, data.get("folder", ""), data.get("folder_size", 0))
     if key not in self._items:
       item_set = load_items(data, split, max_items)
       self._items[key] = item_set, to_device(item_set, data.item_size, self.mesh)
@@ -541,7 +526,8 @@ class Pipeline:
     # Records written after the restored step by an interrupted run are dropped: the resumed run
     # writes them again (the same values: every step is a function of the seed and its number).
     writer = workdir_lib.MetricsWriter(directory / "metrics.jsonl", keep_until=start_step)
-    board = metric_writer(directory / "tensorboard")
+    board = metric_writer.create(directory / "tensorboard", active=workdir_lib.is_writer())
+    bar = progress.Bar()  # drawn only where stderr is a terminal
     total = len(self.order)
 
     def on_metrics(record):
@@ -549,18 +535,27 @@ class Pipeline:
       step = int(np.max(record["step"]))
       board.write_scalars(step, {k: float(np.nanmean(np.asarray(record[k], np.float64)))
                                  for k in ("loss", "train_accuracy", "steps_per_sec")})
-      shown = {k: np.round(v, 3).tolist() for k, v in record.items()}
-      logging.info("[stage %d/%d %s] step %s loss %s train_accuracy %s block_mean %s "
-                   "streak %s (%s steps/s, at most %s s to go)", index, total, name,
-                   shown["step"], shown["loss"], shown["train_accuracy"], shown["block_mean"],
-                   shown["streak"],
-                   shown["steps_per_sec"], shown["eta_seconds"])
       # Stages still to train after this one, each at most max_steps: an upper bound.
       later = sum(1 for s in self.order[index:] if s not in self._stages)
+      experiment_eta = (record["eta_seconds"] +
+                        later * t.max_steps / max(record["steps_per_sec"], 1e-9))
+      status = progress.training_status(step, t.max_steps, record["steps_per_sec"],
+                                        record["eta_seconds"], experiment_eta)
+      shown = {k: np.round(v, 3).tolist() for k, v in record.items()}
+      bar.clear()  # the log line replaces the bar, which is drawn again below it
+      # The one log line of this record (the event writer logs nothing).
+      logging.info("[stage %d/%d %s] %s; per seed: step %s loss %s train_accuracy %s "
+                   "block_mean %s streak %s", index, total, name, status, shown["step"],
+                   shown["loss"], shown["train_accuracy"], shown["block_mean"], shown["streak"])
+      bar.show(step / max(t.max_steps, 1),
+               f"{step}/{t.max_steps} <={progress.format_duration(record['eta_seconds'])} "
+               f"(all <={progress.format_duration(experiment_eta)}) stage {index}/{total} {name}")
       self.report(now=f"stage {name}", stage_index=index, step=record["step"],
+                  max_steps=t.max_steps, percent_of_max_steps=progress.percent(step, t.max_steps),
                   steps_per_sec=record["steps_per_sec"], stage_eta_seconds=record["eta_seconds"],
-                  experiment_eta_seconds_at_most=record["eta_seconds"] +
-                  later * t.max_steps / max(record["steps_per_sec"], 1e-9))
+                  experiment_eta_seconds_at_most=experiment_eta,
+                  stage_eta=progress.format_duration(record["eta_seconds"]),
+                  experiment_eta_at_most=progress.format_duration(experiment_eta))
 
     logging.info("[stage %d/%d %s] training on %s (%s), %d seed(s)", index, total, name,
                  d.dataset, d.train_location, len(self.seeds))
@@ -583,6 +578,7 @@ class Pipeline:
           f"config.train.learning_rate (now {t.learning_rate}) or check the data; a changed "
           "config trains the stage afresh in a new folder") from None
     finally:
+      bar.clear()
       ckpts.close()
       board.close()
     return result
@@ -752,6 +748,8 @@ class Pipeline:
     summary.update({"experiment": self.config.experiment, "tests": len(records),
                     "stages": {n: stage_key(self.config, n) for n in self.order},
                     "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}"})
+    if "stand_in" in self.config:  # spec.resolve_stand_in: what stood in for ImageNet, if any
+      summary["stand_in"] = self.config.stand_in
     return summary
 
 
@@ -876,7 +874,21 @@ def workdir_config(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return config if chosen == _as_dict(config) else ml_collections.ConfigDict(chosen)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse") -> dict:
+def fit_to_devices(config: ml_collections.ConfigDict, num_devices: int,
+                   user_set: Collection[str] = ()) -> ml_collections.ConfigDict:
+  """A copy of ``config`` whose device-split sizes the user did not set fit the devices.
+
+  See ``config_checks.fit_to_devices``; each change is logged (a training batch as a warning: it
+  changes the protocol, and the stage's key with it).
+  """
+  config = copy.deepcopy(config)
+  for change in config_checks.fit_to_devices(config, num_devices, user_set):
+    (logging.warning if "batch_size" in change else logging.info)("%s", change)
+  return config
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse",
+        user_set: Collection[str] = ()) -> dict:
   """Runs (or resumes, or finds finished) the experiment that ``config`` describes.
 
   Every check (each stage's and test's config, data files, pretrained weights, an existing
@@ -887,15 +899,25 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
     workdir: the run directory.
     on_config_change: when ``workdir`` holds a run of another config: ``refuse``, ``resume``
       (run the stored config) or ``restart`` (see ``workdir.py``).
+    user_set: the keys set on the command line; the device-split sizes among the others are
+      rounded to the devices (``fit_to_devices``).
 
   Returns:
     The experiment's summary (also in ``workdir/summary.json``).
   """
-  workdir = pathlib.Path(workdir)
-  config = workdir_config(config, workdir, on_config_change)
+  # A gs:// (non-local) workdir is proven writable here, before any other work.
+  workdir = workdir_lib.check_usable(workdir)
+  config = spec.resolve_stand_in(config)  # --config.imagenet_folder, or the stand-in, said so
+  chosen = workdir_config(config, workdir, on_config_change)
+  if chosen is not config:  # the stored run's config: no command-line keys apply
+    config, user_set = chosen, ()
+  if config.stage_dir:
+    workdir_lib.check_usable(config.stage_dir, "--config.stage_dir")
   mesh = sharding.make_mesh()
-  check(config, mesh.size)
-  pipeline = Pipeline(config, workdir, mesh)
+  # The workdir keeps the config as given; what runs fits the devices at hand.
+  fitted = fit_to_devices(config, mesh.size, user_set)
+  check(fitted, mesh.size)
+  pipeline = Pipeline(fitted, workdir, mesh)
   check_inputs(pipeline)
   finished = workdir_lib.prepare(_as_dict(config), workdir)
   if finished is not None:

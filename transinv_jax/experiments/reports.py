@@ -32,11 +32,11 @@ import csv
 import dataclasses
 import io
 import json
-import pathlib
 from typing import Sequence
 
 import ml_collections
 import numpy as np
+from etils import epath
 
 from transinv_jax import plots
 from transinv_jax import workdir as workdir_lib
@@ -72,14 +72,12 @@ def _cell(value):
   return "" if value is None else value
 
 
-def _sweep(workdir: pathlib.Path, test: str) -> dict:
-  with np.load(workdir / "tests" / test / "sweep.npz") as f:
-    return {k: f[k] for k in f.files}
+def _sweep(workdir: epath.Path, test: str) -> dict:
+  return workdir_lib.read_npz(workdir / "tests" / test / "sweep.npz")
 
 
-def _similarity(workdir: pathlib.Path, test: str) -> dict:
-  with np.load(workdir / "tests" / test / "similarity.npz") as f:
-    return {k: f[k] for k in f.files}
+def _similarity(workdir: epath.Path, test: str) -> dict:
+  return workdir_lib.read_npz(workdir / "tests" / test / "similarity.npz")
 
 
 def _in_paper_order(names) -> list[str]:
@@ -92,7 +90,7 @@ def _label(dataset: str) -> str:
   return spec.LABELS.get(dataset, dataset)
 
 
-def write(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+def write(config: ml_collections.ConfigDict, workdir: epath.Path,
           records: Sequence[dict]) -> dict:
   """Writes the tables and the experiment's figures; returns the summary's results part."""
   figures = workdir / "figures"
@@ -136,7 +134,7 @@ def _title(record: dict) -> str:
   return named or record["test"]
 
 
-def _heatmap_panels(workdir, sweeps, figures, config) -> list[pathlib.Path]:
+def _heatmap_panels(workdir, sweeps, figures, config) -> list[epath.Path]:
   """Every sweep's interpolated mean heatmap side by side, one panel per test."""
   panels, titles, marks = [], [], []
   xs = None
@@ -154,7 +152,7 @@ def _heatmap_panels(workdir, sweeps, figures, config) -> list[pathlib.Path]:
   return [path]
 
 
-def _exp1_bars(sweeps, figures) -> list[pathlib.Path]:
+def _exp1_bars(sweeps, figures) -> list[epath.Path]:
   datasets = _in_paper_order(r["dataset"] for r in sweeps)
   arms = sorted(dict.fromkeys(r.get("arm", "") for r in sweeps), reverse=True)  # vanilla first
   means = np.full((len(arms), len(datasets)), np.nan)
@@ -170,7 +168,7 @@ def _exp1_bars(sweeps, figures) -> list[pathlib.Path]:
   return [path]
 
 
-def _transfer_figures(sweeps, figures, experiment) -> list[pathlib.Path]:
+def _transfer_figures(sweeps, figures, experiment) -> list[epath.Path]:
   pretrains = _in_paper_order(r["pretrain"] for r in sweeps)
   finetunes = _in_paper_order(r["finetune"] for r in sweeps)
   means = np.full((len(pretrains), len(finetunes)), np.nan)
@@ -220,7 +218,7 @@ def _training_coverage(config: ml_collections.ConfigDict) -> dict[str, StageCove
     data = pipeline.stage_config(config, name).data
     if data.train_location != "regions":
       continue
-    names = sources.class_names(data.dataset)[:data.classes or None]
+    names = sources.class_names(data.dataset, data.get("folder", ""))[:data.classes or None]
     found[name] = StageCoverage(
         data.to_dict(), names, locations.training_coverage(
             data.canvas_size, data.item_size, data.layout, len(names), data.fit))
@@ -292,7 +290,7 @@ def _accuracy_by_region(sweep: dict, stage: StageCoverage) -> dict:
   return result
 
 
-def _coverage_figures(config, coverage, figures) -> list[pathlib.Path]:
+def _coverage_figures(config, coverage, figures) -> list[epath.Path]:
   """``coverage_<stage>.png`` for every regions stage: one panel per class group."""
   written = []
   for name, stage in coverage.items():
@@ -312,7 +310,7 @@ def _coverage_figures(config, coverage, figures) -> list[pathlib.Path]:
   return written
 
 
-def _class_group_heatmaps(workdir, sweeps, figures) -> list[pathlib.Path]:
+def _class_group_heatmaps(workdir, sweeps, figures) -> list[epath.Path]:
   """exp4 condition 3.x: the fully translated classes and the upper-right-only ones apart."""
   written = []
   for record in sweeps:
@@ -334,7 +332,7 @@ def _class_group_heatmaps(workdir, sweeps, figures) -> list[pathlib.Path]:
   return written
 
 
-def _similarity_figures(workdir, sims, figures) -> list[pathlib.Path]:
+def _similarity_figures(workdir, sims, figures) -> list[epath.Path]:
   written = []
   by_items = {}
   for record in sims:
@@ -395,7 +393,7 @@ def _similarity_figures(workdir, sims, figures) -> list[pathlib.Path]:
   return written
 
 
-def _accuracy_figures(records, figures, experiment) -> list[pathlib.Path]:
+def _accuracy_figures(records, figures, experiment) -> list[epath.Path]:
   """Kayhan & van Gemert's figures from ``accuracy`` tests, by what the tests' labels vary:
   accuracy against the border per arm (Quadrant ImageNet), against the training set size per
   padding (data efficiency), or bars per padding and split (the rook)."""

@@ -14,7 +14,10 @@ caches it under ``config.stage_dir`` keyed by everything that determines it, and
 tests. A config argument keeps only some tests (one cell); the stages they need follow.
 """
 
+import copy
+
 import ml_collections
+from absl import logging
 
 from transinv_jax import models
 
@@ -46,9 +49,17 @@ def base_config(experiment: str) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict()
   config.data.dataset = ""              # set by each stage (select cells with the config argument)
   config.data.classes = 0               # keep the first N classes (0 = all): EMNIST18 is 18
-  config.data.source = "files"          # "files" (original files on disk) or "tfds"
-  config.data.data_dir = ""             # "" -> $TRANSINV_JAX_DATA
+  config.data.source = "files"          # "files" (original files on disk), "tfds" or "folder"
+                                        # (config.data.folder, with dataset "folder")
+  config.data.data_dir = ""             # "" -> $TRANSINV_JAX_DATA, else ~/.cache/transinv_jax/data
+  config.data.mirror = ""               # base URL serving a data folder, fetched from when files
+                                        # are missing ("" -> $TRANSINV_JAX_DATA_MIRROR, else the
+                                        # publishers)
   config.data.tfds_download = False     # let TFDS download (needs internet)
+  config.data.folder = ""               # source "folder": root/<class>/*.{png,jpg,jpeg}
+                                        # (transinv_jax/data/folders.py)
+  config.data.folder_size = 0           # source "folder": images' stored side (their centre
+                                        # square resized); 0 = item_size (one resampling)
   config.data.max_train_items = 0       # 0 = the whole train split
   config.data.val_items = 0             # held out from the end of the train split as "val"
   config.data.labels = "class"          # class | location (each item at one corner, fixed:
@@ -104,6 +115,49 @@ def base_config(experiment: str) -> ml_collections.ConfigDict:
   config.stages = ml_collections.ConfigDict()
   config.tests = ml_collections.ConfigDict()
   return config
+
+
+def imagenet_folder(config: ml_collections.ConfigDict, stand_in: str,
+                    data: dict | None = None) -> None:
+  """Lets ``--config.imagenet_folder`` replace a config's stand-in items by ImageNet images.
+
+  Adds ``config.imagenet_folder`` (""), ``config.imagenet_data`` (the data keys that change
+  with the ImageNet images: source and dataset "folder", and ``data``) and ``config.stand_in``.
+  Command-line overrides come after ``get_config``, so ``resolve_stand_in`` applies them when
+  the run starts.
+
+  Args:
+    config: the experiment config, its stand-in data already set.
+    stand_in: what stands in for the ImageNet images, for the warning and ``config.stand_in``;
+      ``{dataset}`` becomes config.data.dataset.
+    data: further data overrides with the ImageNet images (e.g. their item size).
+  """
+  config.imagenet_folder = ""
+  config.imagenet_data = ml_collections.ConfigDict(
+      {"source": "folder", "dataset": "folder", **(data or {})})
+  config.stand_in = stand_in
+
+
+def resolve_stand_in(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config as it runs: the ImageNet folder's items, or the stand-in, said so.
+
+  With ``config.imagenet_folder``, a copy whose data section reads it (``config.imagenet_data``
+  applied, ``config.data.folder`` set) and ``config.stand_in`` empty. Without, the stand-in
+  stays, ``config.stand_in`` records it (config.json, summary.json) and a warning says so.
+  Configs without ``imagenet_folder`` (see ``imagenet_folder``) come back unchanged.
+  """
+  if "imagenet_folder" not in config:
+    return config
+  resolved = copy.deepcopy(config)
+  if not config.imagenet_folder:
+    resolved.stand_in = config.stand_in.format(dataset=config.data.dataset)
+    logging.warning("%s: %s; pass --config.imagenet_folder=/path/to/imagenet/val for the "
+                    "paper's images", config.experiment, resolved.stand_in)
+    return resolved
+  resolved.data.update(config.imagenet_data.to_dict())
+  resolved.data.folder = config.imagenet_folder
+  resolved.stand_in = ""
+  return resolved
 
 
 def shrink_for_smoke(config: ml_collections.ConfigDict) -> None:
