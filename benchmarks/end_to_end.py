@@ -39,8 +39,8 @@ import jax
 import numpy as np
 
 from transinv_jax import models
-from transinv_jax.data import locations
-from transinv_jax.experiments import pipeline
+from transinv_jax.data import inputs, locations
+from transinv_jax.experiments import pipeline, stages
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCHMARKS))
@@ -95,7 +95,7 @@ def peer_condition(config, stage_name: str, test_name: str, path: pathlib.Path) 
     test_name: the cell's sweep.
     path: the .npz to write.
   """
-  trained, tested = pipeline.stage_config(config, stage_name), pipeline.test_config(config,
+  trained, tested = stages.stage_config(config, stage_name), stages.test_config(config,
                                                                                     test_name)
   m, d, t = trained.model, trained.data, trained.train
   plain_vgg = (m.name in ("vgg11", "vgg13", "vgg16", "vgg19") and not m.batch_norm
@@ -104,16 +104,16 @@ def peer_condition(config, stage_name: str, test_name: str, path: pathlib.Path) 
   if not plain_vgg:
     raise ValueError("the peer mirrors a plain VGG (zeros padding, max pooling, no BatchNorm, "
                      f"classifier head, no pretrained weights), not {m}")
-  centre = pipeline.trained_centre(d)
+  centre = inputs.trained_centre(d)
   if centre is None:
     raise ValueError(f"the peer trains at one location, not config.data.train_location="
                      f"{d.train_location!r}")
   if d.channels != 3 or (tested.data.canvas_size, tested.data.item_size) != (d.canvas_size,
                                                                              d.item_size):
     raise ValueError("the peer makes RGB canvases of one size for training and the sweep")
-  train_set = pipeline.load_items(d, "train", d.max_train_items)
-  test_set = pipeline.load_items(tested.data, "test", tested.eval.max_items)
-  axis = pipeline.test_axes(tested)
+  train_set = inputs.load_items(d, "train", d.max_train_items)
+  test_set = inputs.load_items(tested.data, "test", tested.eval.max_items)
+  axis = inputs.test_axes(tested)
   spec = {"seeds": [config.seed + i for i in range(config.num_seeds)],
           "num_classes": train_set.num_classes, "model": m.name, "width": m.width,
           "dropout": m.dropout, "canvas": d.canvas_size, "item": d.item_size,
@@ -133,7 +133,7 @@ def run_ours(config, stage_name: str, test_name: str, workdir: pathlib.Path) -> 
   start = time.perf_counter()
   pipeline.run(config, str(workdir))
   seconds = time.perf_counter() - start
-  stage_dir = workdir / "stages" / pipeline.stage_key(config, stage_name)
+  stage_dir = workdir / "stages" / stages.stage_key(config, stage_name)
   trained = json.loads((stage_dir / "done.json").read_text())
   tested = json.loads((workdir / "tests" / test_name / "result.json").read_text())
   return {
@@ -186,7 +186,7 @@ def main():
 
   config = build_config(args)
   test_name, stage_name = the_cell(config)
-  trained = pipeline.stage_config(config, stage_name)
+  trained = stages.stage_config(config, stage_name)
   platform = jax.default_backend()
   dtype = models.compute_dtype(trained.model.dtype, platform)
   kind = jax.devices()[0].device_kind

@@ -36,7 +36,9 @@ Without it, 50 px Fashion-MNIST items stand in for the photos (``--config.data.d
 another); the run logs a warning and records it in ``config.stand_in`` (config.json and
 summary.json).
 
-Config arguments: networks to keep (max, avg, imagenet), plus ``smoke``. No argument: max and avg.
+Config arguments (comma separated; ``configs/azulay_weiss.py:network=avg,size=smoke``):
+``network=max|avg|imagenet`` (repeatable; default max and avg) and ``size=smoke|paper``; short
+forms: each value alone (``max,avg,smoke``).
 
 Expected cost: 2 trainings of 5 seeds (at most 5000 steps at batch 32) at 224x224, then per seed
 200 items x 33 shifts x (path, diagonal) and 1000 consistency pairs: under an hour on one H100.
@@ -46,14 +48,13 @@ from transinv_jax.experiments import spec
 
 NETWORKS = ("max", "avg", "imagenet")
 IMAGENET_ITEM = 100  # px: the photos' side on the 224 px canvas (their figure 6: 100x100)
+SCHEMA = {"network": spec.Key(NETWORKS, multi=True), "size": spec.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """azulay_weiss config; ``arg`` e.g. ``"avg"``, ``"max,avg,smoke"``, ``"imagenet"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  unknown = [t for t in tokens if t not in NETWORKS]
-  if unknown:
-    raise ValueError(f"configs/azulay_weiss.py: {unknown}: use networks from {NETWORKS}")
+  args = spec.parse_args(arg, SCHEMA, "configs/azulay_weiss.py")
+  smoke = args.size == "smoke"
   config = spec.base_config("azulay_weiss")
   config.data.dataset = "fashion_mnist"
   config.data.train_location = "fully_translated"
@@ -64,7 +65,7 @@ def get_config(arg: str | None = None):
   config.stages.imagenet = spec.stage(untrained=True, imagenet=True)
   for name in NETWORKS:
     config.tests[name] = spec.test(name, kind="invariance", labels={"network": name})
-  spec.keep_tests(config, tokens or ["max", "avg"], arg or "")
+  spec.keep_tests(config, args.network or ["max", "avg"], args)
   if smoke:
     spec.shrink_for_smoke(config)
     config.train.max_steps = 1000       # the 1/16-width average-pool VGG16 learns slowly

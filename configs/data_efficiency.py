@@ -10,10 +10,18 @@ set size per padding, as the paper's figure). The paper used ImageNet subsets; h
 (``--config.data.dataset`` picks another).
 
   python -m transinv_jax.main --config=configs/data_efficiency.py --workdir=runs/data_eff
-  python -m transinv_jax.main --config=configs/data_efficiency.py:full,100,smoke \
+  python -m transinv_jax.main --config=configs/data_efficiency.py:full,50,smoke \
       --workdir=runs/data_eff_smoke
 
-Config arguments: paddings (zeros, full) and/or training set sizes to keep, plus ``smoke``.
+Config arguments (comma separated, e.g.
+``configs/data_efficiency.py:padding=full,train_items=50,size=smoke``):
+
+  padding=zeros|full  paddings to keep, repeatable (default both)
+  train_items=<int>   training set sizes to keep, repeatable: 100, 300, 1000, 3000, 10000
+                      (smoke: 50, 200)
+  size=smoke|paper    ``smoke``: CPU sizes
+
+Short forms: each value alone (``zeros,100``, ``50,smoke``).
 
 Expected cost: 10 trainings of 5 seeds x at most 3000 steps at batch 32 on 64x64 canvases: about
 half an hour on one H100.
@@ -23,19 +31,22 @@ from transinv_jax.experiments import spec
 
 PADDINGS = ("zeros", "full")
 SIZES = (100, 300, 1000, 3000, 10000)
+SMOKE_SIZES = (50, 200)
+SCHEMA = {"padding": spec.Key(PADDINGS, multi=True), "train_items": spec.Key(int, multi=True),
+          "size": spec.size_key("smoke")}
+NOTES = (f"train_items: {', '.join(map(str, SIZES))} (smoke: "
+         f"{', '.join(map(str, SMOKE_SIZES))})",)
 
 
 def get_config(arg: str | None = None):
   """data_efficiency config; ``arg`` e.g. ``"full"``, ``"zeros,100"``, ``"smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  sizes = (50, 200) if smoke else SIZES
-  paddings = [t for t in tokens if t in PADDINGS]
-  chosen = [int(t) for t in tokens if t.isdigit()]
-  unknown = [t for t in tokens if t not in PADDINGS and not t.isdigit()]
-  bad = [n for n in chosen if n not in sizes]
-  if unknown or bad:
-    raise ValueError(f"configs/data_efficiency.py: {unknown or bad}: use paddings from "
-                     f"{PADDINGS} and training set sizes from {sizes}")
+  args = spec.parse_args(arg, SCHEMA, "configs/data_efficiency.py", NOTES)
+  smoke = args.size == "smoke"
+  sizes = SMOKE_SIZES if smoke else SIZES
+  paddings, chosen = args.padding, args.train_items
+  for size in chosen:
+    if size not in sizes:
+      raise args.error(str(size), f"not one of the training set sizes at size {args.size}")
   config = spec.base_config("data_efficiency")
   config.data.dataset = "fashion_mnist"
   config.data.train_location = "fully_translated"
@@ -58,7 +69,7 @@ def get_config(arg: str | None = None):
                                       labels={"padding": padding, "train_items": str(size)})
       if (not paddings or padding in paddings) and (not chosen or size in chosen):
         names.append(stage)
-  spec.keep_tests(config, names, arg or "")
+  spec.keep_tests(config, names, args)
   if smoke:
     config.num_seeds = 1
     config.data.canvas_size = 32

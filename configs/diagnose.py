@@ -15,7 +15,8 @@ jaggedness, MAD and nonshiftability along a 1 px path, equivariance error per la
 consistency and diagonal curve, the cosine similarity per layer. Writes ``report.json`` and the
 figures under ``tests/invariance/``.
 
-Config arguments: ``smoke`` measures fewer items on shorter paths.
+Config arguments: ``size=smoke|paper`` (short form ``smoke``): ``smoke`` measures fewer items on
+shorter paths.
 
 Expected cost: 200 items x (33 + 33 shifts + 10 consistency canvases) plus the similarity of one
 item per class over 19 positions, per seed: under a minute per seed for VGG16 at 224 on one GPU;
@@ -26,12 +27,12 @@ import ml_collections
 
 from transinv_jax.experiments import spec
 
+SCHEMA = {"size": spec.size_key("smoke")}
+
 
 def get_config(arg: str | None = None):
   """diagnose config; ``arg`` is ``None`` or ``"smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  if tokens:
-    raise ValueError(f"configs/diagnose.py: {tokens}: the only argument is smoke")
+  smoke = spec.parse_args(arg, SCHEMA, "configs/diagnose.py").size == "smoke"
   base = spec.base_config("diagnose")
   config = ml_collections.ConfigDict()
   config.experiment = "diagnose"

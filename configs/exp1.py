@@ -10,10 +10,16 @@ each (config.seeds_mode: sequential, one compiled step for every seed).
       --config.imagenet_weights=/path/to/vgg16-397923af.pth
   python -m transinv_jax.main --config=configs/exp1.py:mnist,vanilla --workdir=runs/exp1_mnist
 
-Config arguments (comma separated) select cells: datasets (emnist, fashion_mnist, kmnist, mnist,
-leek10, leek2; default all) and arms (vanilla, imagenet; default both), plus ``smoke`` or ``mini``. ``smoke``
-alone is the smallest cell, MNIST vanilla, at CPU sizes (canvas 64, items 16, width 1/16, 400
-steps, one seed): well under a minute on a 2-core CPU with the real MNIST files:
+Config arguments (comma separated; ``configs/exp1.py:dataset=mnist,arm=vanilla,size=smoke``):
+
+  dataset=<dataset>  datasets to keep, repeatable (emnist, fashion_mnist or fmnist, kmnist, mnist,
+                     leek10, leek2; default all); short form: the name alone
+  arm=vanilla|imagenet  arms to keep, repeatable (default both); short form: the arm alone
+                     (``pretrained`` is imagenet)
+  size=smoke|mini|paper  the sizes (default paper); short form: ``smoke`` or ``mini``
+
+``smoke`` alone is the smallest cell, MNIST vanilla, at CPU sizes (canvas 64, items 16, width
+1/16, 400 steps, one seed): well under a minute on a 2-core CPU with the real MNIST files:
 
   TRANSINV_JAX_DATA=../shared/data python -m transinv_jax.main \
       --config=configs/exp1.py:smoke --workdir=runs/smoke
@@ -37,16 +43,16 @@ the default here; ``--config.train.learning_rate=1e-3`` gives the paper's text.
 from transinv_jax.experiments import spec
 
 ARMS = ("vanilla", "imagenet")
+SCHEMA = {"dataset": spec.dataset_key(multi=True),
+          "arm": spec.Key(ARMS, multi=True, aliases={"pretrained": "imagenet"}),
+          "size": spec.size_key("smoke", "mini")}
 
 
 def get_config(arg: str | None = None):
-  """exp1 config; ``arg`` e.g. ``"mnist"``, ``"mnist,vanilla"``, ``"smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  tokens, mini = spec.mini_size(tokens)
-  arms = [("imagenet" if t == "pretrained" else t) for t in tokens
-          if t in ARMS + ("pretrained",)]
-  datasets = [spec.dataset_name(t) for t in tokens if t not in ARMS + ("pretrained",)]
-  if (smoke or mini) and not tokens:
+  """exp1 config; ``arg`` e.g. ``"mnist,vanilla"``, ``"dataset=mnist,size=smoke"``."""
+  args = spec.parse_args(arg, SCHEMA, "configs/exp1.py")
+  datasets, arms = args.dataset, args.arm
+  if args.size != "paper" and not datasets and not arms:  # the smallest cell
     datasets, arms = ["mnist"], ["vanilla"]
   config = spec.base_config("exp1")
   for arm in ARMS:
@@ -54,10 +60,11 @@ def get_config(arg: str | None = None):
       name = f"{arm}_{dataset}"
       config.stages[name] = spec.stage(imagenet=arm == "imagenet", data={"dataset": dataset})
       config.tests[name] = spec.test(name, labels={"arm": arm})
+  config.figures = spec.FIGURES + ("accuracy_bars",)
   spec.keep_tests(config, [f"{a}_{d}" for a in arms or ARMS for d in datasets or spec.DATASETS],
-                  arg or "")
-  if smoke:
+                  args)
+  if args.size == "smoke":
     spec.shrink_for_smoke(config)
-  elif mini:
+  elif args.size == "mini":
     spec.shrink_for_mini(config)
   return config

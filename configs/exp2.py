@@ -9,12 +9,21 @@ matrix (figure 2B), bars with std (figure 6), heatmaps, results.csv.
   python -m transinv_jax.main --config=configs/exp2.py --workdir=runs/exp2
   python -m transinv_jax.main --config=configs/exp2.py:emnist,mnist --workdir=runs/exp2_em_m
 
-Config arguments: a pretraining dataset (its six fine-tunes) or ``pretrain,finetune`` (one cell),
-e.g. ``emnist,mnist``; plus ``smoke`` (CPU sizes) or ``mini`` (between smoke and the paper:
-canvas 112, items 25, VGG16 at 1/8 width, pretraining at most 3000 steps; one cell in about 20
-minutes on a 2-core CPU, see README's "Findings at CPU size"). Fine-tuning trains every layer; set
-``--config.finetune=frozen_conv`` or ``classifier`` to freeze more. Share trained stages with exp5
-through ``--config.stage_dir=runs/stages``.
+Config arguments (comma separated, e.g.
+``configs/exp2.py:pretrain=emnist,finetune=mnist,size=smoke``):
+
+  pretrain=<dataset>  the pretraining dataset (its six fine-tunes; default all six)
+  finetune=<dataset>  the fine-tuning dataset (default all six)
+  size=smoke|mini|paper  ``smoke`` (CPU sizes), ``mini`` (between smoke and the paper: canvas
+                      112, items 25, VGG16 at 1/8 width, pretraining at most 3000 steps; one cell
+                      in about 20 minutes on a 2-core CPU, see README's "Findings at CPU size")
+                      or paper (the default)
+
+Short forms: ``emnist`` is ``pretrain=emnist``, ``emnist,mnist`` is
+``pretrain=emnist,finetune=mnist``, ``smoke`` and ``mini`` are sizes.
+
+Fine-tuning trains every layer; set ``--config.finetune=frozen_conv`` or ``classifier`` to freeze
+more. Share trained stages with exp5 through ``--config.stage_dir=runs/stages``.
 
 Expected cost at the paper's sizes: 42 trainings of 5 seeds (at most 5000 steps at batch 32 each)
 and 36 sweeps; about an hour per seed group on one H100 (DESIGN.md measured ~3 h for a naive
@@ -23,14 +32,13 @@ sequential run of all seeds).
 
 from transinv_jax.experiments import spec
 
+SCHEMA = {"pretrain": spec.dataset_key(), "finetune": spec.dataset_key(after="pretrain"),
+          "size": spec.size_key("smoke", "mini")}
+
 
 def get_config(arg: str | None = None):
-  """exp2 config; ``arg`` e.g. ``"emnist"``, ``"emnist,mnist"``, ``"leek2,mnist,smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  tokens, mini = spec.mini_size(tokens)
-  if len(tokens) > 2:
-    raise ValueError(f"configs/exp2.py: {arg!r}: give a pretraining dataset, or pretrain,finetune")
-  chosen = [spec.dataset_name(t) for t in tokens]
+  """exp2 config; ``arg`` e.g. ``"emnist"``, ``"emnist,mnist,smoke"``, ``"finetune=mnist"``."""
+  args = spec.parse_args(arg, SCHEMA, "configs/exp2.py")
   config = spec.base_config("exp2")
   for pretrain in spec.DATASETS:
     config.stages[f"pretrain_{pretrain}"] = spec.stage(
@@ -41,12 +49,13 @@ def get_config(arg: str | None = None):
           parent=f"pretrain_{pretrain}", data={"dataset": finetune})
       config.tests[name] = spec.test(f"finetune_{name}",
                                      labels={"pretrain": pretrain, "finetune": finetune})
-  pretrains = chosen[:1] or spec.DATASETS
-  finetunes = chosen[1:] or spec.DATASETS
-  spec.keep_tests(config, [f"{p}_{f}" for p in pretrains for f in finetunes], arg or "")
-  if smoke:
+  config.figures = spec.FIGURES + ("transfer",)
+  pretrains = [args.pretrain] if args.pretrain else spec.DATASETS
+  finetunes = [args.finetune] if args.finetune else spec.DATASETS
+  spec.keep_tests(config, [f"{p}_{f}" for p in pretrains for f in finetunes], args)
+  if args.size == "smoke":
     spec.shrink_for_smoke(config)
-  elif mini:
+  elif args.size == "mini":
     spec.shrink_for_mini(config)
     for name, stage in config.stages.items():  # translation invariance takes longer to learn
       if name.startswith("pretrain_"):

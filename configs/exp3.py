@@ -13,9 +13,12 @@ area). Then two tests:
   python -m transinv_jax.main --config=configs/exp3.py --workdir=runs/exp3
   python -m transinv_jax.main --config=configs/exp3.py:emnist18 --workdir=runs/exp3_emnist18
 
-Config arguments: ``finetune`` or ``emnist18`` (one test; default both), plus ``smoke`` (CPU
-sizes). Per-class heatmaps are in each test's folder; ``--config.data.fit=whole`` keeps every
-item wholly inside its area instead. ``figures/coverage_pretrain.png`` shows how often each
+Config arguments (comma separated; ``configs/exp3.py:test=emnist18,size=smoke``):
+``test=finetune|emnist18`` (repeatable; default both) and ``size=smoke|paper`` (``smoke``: CPU
+sizes); short forms: the test or the size alone (``emnist18,smoke``).
+
+Per-class heatmaps are in each test's folder; ``--config.data.fit=whole`` keeps every item wholly
+inside its area instead. ``figures/coverage_pretrain.png`` shows how often each
 pixel is covered by a training item of each area's pair: at 224 / 50 the areas are 75 px wide
 and the items 50, so about 80% of the allowed centres put pixels in a neighbouring area
 (``training_coverage`` in results.json).
@@ -28,14 +31,12 @@ from transinv_jax.data import locations
 from transinv_jax.experiments import spec
 
 TESTS = ("finetune", "emnist18")
+SCHEMA = {"test": spec.Key(TESTS, multi=True), "size": spec.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """exp3 config; ``arg`` e.g. ``"finetune"``, ``"emnist18,smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  unknown = [t for t in tokens if t not in TESTS]
-  if unknown:
-    raise ValueError(f"configs/exp3.py: unknown argument(s) {unknown}; use {TESTS} or smoke")
+  args = spec.parse_args(arg, SCHEMA, "configs/exp3.py")
   config = spec.base_config("exp3")
   config.stages.pretrain = spec.stage(data={
       "dataset": "emnist_letters", "classes": 18, "train_location": "regions",
@@ -44,7 +45,7 @@ def get_config(arg: str | None = None):
   config.tests.finetune = spec.test("finetune_mnist", labels={"pretrain": "emnist18_areas",
                                                               "finetune": "mnist"})
   config.tests.emnist18 = spec.test("pretrain", labels={"pretrain": "emnist18_areas"})
-  spec.keep_tests(config, tokens or list(TESTS), arg or "")
-  if smoke:
+  spec.keep_tests(config, args.test or list(TESTS), args)
+  if args.size == "smoke":
     spec.shrink_for_smoke(config)
   return config

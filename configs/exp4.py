@@ -26,8 +26,14 @@ group's region (``accuracy_by_region``) in results.json.
   python -m transinv_jax.main --config=configs/exp4.py --workdir=runs/exp4
   python -m transinv_jax.main --config=configs/exp4.py:2 --workdir=runs/exp4_c2
 
-Config arguments: conditions (1, 2, 3.1, 3.2, 3.3, 3.4; default all), optionally ``emnist`` (only
-the tests without fine-tuning) or ``mnist`` (only those after MNIST fine-tuning), plus ``smoke``.
+Config arguments (comma separated; ``configs/exp4.py:condition=3.2,test=mnist,size=smoke``):
+
+  condition=1|2|3.1|3.2|3.3|3.4  conditions to keep, repeatable (default all)
+  test=emnist|mnist  ``emnist``: the tests without fine-tuning, ``mnist``: those after MNIST
+                     fine-tuning; repeatable (default both)
+  size=smoke|paper   ``smoke``: CPU sizes
+
+Short forms: each value alone (``3.2,mnist``, ``2,smoke``).
 
 Expected cost at the paper's sizes: 12 trainings of 5 seeds (at most 5000 steps at batch 32) and
 12 sweeps: under an hour on one H100.
@@ -41,17 +47,14 @@ from transinv_jax.experiments import spec
 CONDITIONS = ("1", "2", "3.1", "3.2", "3.3", "3.4")
 # Conditions 3.x: the letters trained everywhere (the others only upper-right).
 FULLY_TRANSLATED = {"3.1": 1, "3.2": 10, "3.3": 20, "3.4": 25}
+SCHEMA = {"condition": spec.Key(CONDITIONS, multi=True),
+          "test": spec.Key(("emnist", "mnist"), multi=True), "size": spec.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """exp4 config; ``arg`` e.g. ``"1"``, ``"3.2,mnist"``, ``"2,smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  kinds = [t for t in tokens if t in ("emnist", "mnist")]
-  conditions = [t for t in tokens if t not in kinds]
-  unknown = [c for c in conditions if c not in CONDITIONS]
-  if unknown:
-    raise ValueError(f"configs/exp4.py: unknown argument(s) {unknown}; use conditions "
-                     f"{CONDITIONS}, emnist or mnist, and smoke")
+  args = spec.parse_args(arg, SCHEMA, "configs/exp4.py")
+  conditions, kinds = args.condition, args.test
   config = spec.base_config("exp4")
   names = []
   for condition in CONDITIONS:
@@ -72,7 +75,8 @@ def get_config(arg: str | None = None):
     if condition in (conditions or CONDITIONS):
       names += [n for n, kind in ((c, "emnist"), (f"{c}_mnist", "mnist"))
                 if kind in (kinds or ("emnist", "mnist"))]
-  spec.keep_tests(config, names, arg or "")
-  if smoke:
+  config.figures = spec.FIGURES + ("class_groups",)
+  spec.keep_tests(config, names, args)
+  if args.size == "smoke":
     spec.shrink_for_smoke(config)
   return config

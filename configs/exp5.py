@@ -22,8 +22,16 @@ network (not ImageNet's statistics); result.json states it under ``normalisation
 With ``--config.stage_dir`` shared with exp2, the 6 pretrained and 36 fine-tuned networks that
 exp2 trained are reused, not trained again.
 
-Config arguments: ``vanilla``, ``imagenet``, a pretraining dataset P (before and after
-fine-tuning on each of the six), or ``P,F`` (one pair); default everything. Plus ``smoke``.
+Config arguments (comma separated; ``configs/exp5.py:pretrain=fmnist,finetune=leek2,size=smoke``;
+default everything):
+
+  network=vanilla|imagenet  that network on each dataset's items
+  pretrain=<dataset>  exp2's network pretrained on it, before and after fine-tuning (on each of
+                      the six, or on ``finetune``)
+  finetune=<dataset>  the pretrained networks before and after fine-tuning on it
+  size=smoke|paper    ``smoke``: CPU sizes
+
+Short forms: ``vanilla``, ``imagenet``, ``P`` (``pretrain=P``), ``P,F`` (one pair), ``smoke``.
 
 Expected cost at the paper's sizes: exp2's trainings (none if shared) and 6 + 6 + 72 similarity
 tests of 5 seeds (seconds each on one H100).
@@ -31,12 +39,20 @@ tests of 5 seeds (seconds each on one H100).
 
 from transinv_jax.experiments import spec
 
+NETWORKS = ("vanilla", "imagenet")
+SCHEMA = {"network": spec.Key(NETWORKS), "pretrain": spec.dataset_key(),
+          "finetune": spec.dataset_key(after="pretrain"), "size": spec.size_key("smoke")}
+
 
 def get_config(arg: str | None = None):
   """exp5 config; ``arg`` e.g. ``"vanilla"``, ``"emnist"``, ``"leek2,mnist,smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
+  args = spec.parse_args(arg, SCHEMA, "configs/exp5.py")
+  if args.network and (args.pretrain or args.finetune):
+    raise args.error(args.arg, "network goes without pretrain and finetune (the untrained and "
+                     "ImageNet networks are not fine-tuned)")
   config = spec.base_config("exp5")
   groups = {"vanilla": [], "imagenet": []}
+  pairs = []  # (pretrain, finetune, its two tests)
   for dataset in spec.DATASETS:
     config.stages[f"untrained_{dataset}"] = spec.stage(untrained=True, data={"dataset": dataset})
     config.stages[f"imagenet_{dataset}"] = spec.stage(untrained=True, imagenet=True,
@@ -59,17 +75,15 @@ def get_config(arg: str | None = None):
           labels={**labels, "network": "pretrained"})
       config.tests[f"after_{pair}"] = spec.test(
           f"finetune_{pair}", kind="similarity", labels={**labels, "network": "finetuned"})
-      groups.setdefault(pretrain, []).extend([f"before_{pair}", f"after_{pair}"])
-      groups[pair] = [f"before_{pair}", f"after_{pair}"]
-  if not tokens:
-    names = list(config.tests)
-  elif tokens[0] in ("vanilla", "imagenet") and len(tokens) == 1:
-    names = groups[tokens[0]]
-  elif len(tokens) <= 2:
-    names = groups["_".join(spec.dataset_name(t) for t in tokens)]
+      pairs.append((pretrain, finetune, [f"before_{pair}", f"after_{pair}"]))
+  if args.network:
+    names = groups[args.network]
+  elif args.pretrain or args.finetune:
+    names = [n for p, f, tests in pairs for n in tests
+             if args.pretrain in (None, p) and args.finetune in (None, f)]
   else:
-    raise ValueError(f"configs/exp5.py: {arg!r}: use vanilla, imagenet, P or P,F (and smoke)")
-  spec.keep_tests(config, names, arg or "")
-  if smoke:
+    names = list(config.tests)
+  spec.keep_tests(config, names, args)
+  if args.size == "smoke":
     spec.shrink_for_smoke(config)
   return config

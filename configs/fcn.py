@@ -15,9 +15,13 @@ network at 99.3% true accuracy passes each block with probability ~0.98 and the 
   python -m transinv_jax.main --config=configs/fcn.py --workdir=runs/fcn
   python -m transinv_jax.main --config=configs/fcn.py:leek10,leek2 --workdir=runs/fcn_l10_l2
 
-Config arguments: a pretraining dataset (mnist or leek10) or ``pretrain,finetune``; plus
-``smoke``. The first layer sees the whole 224x224x3 canvas: 376M weights at the paper's size (1.5
-GB of float32 params, 4.5 GB with Adam's moments).
+Config arguments (comma separated, e.g.
+``configs/fcn.py:pretrain=leek10,finetune=leek2,size=smoke``): ``pretrain=mnist|leek10`` (default
+both), ``finetune=<dataset>`` (its pairs: mnist -> leek10, leek2; leek10 -> mnist, leek2; default
+all), ``size=smoke|paper``. Short forms: ``P``, ``P,F`` (``leek10,leek2``), ``smoke``.
+
+The first layer sees the whole 224x224x3 canvas: 376M weights at the paper's size (1.5 GB of
+float32 params, 4.5 GB with Adam's moments).
 
 Expected cost at the paper's sizes: 2 pretrainings of 5 seeds (at most 20000 steps at batch 32),
 4 fine-tunings (at most 5000) and 4 sweeps: minutes on one H100.
@@ -26,16 +30,15 @@ Expected cost at the paper's sizes: 2 pretrainings of 5 seeds (at most 20000 ste
 from transinv_jax.experiments import spec
 
 PAIRS = {"mnist": ("leek10", "leek2"), "leek10": ("mnist", "leek2")}
+SCHEMA = {"pretrain": spec.dataset_key(tuple(PAIRS)),
+          "finetune": spec.dataset_key(("mnist", "leek10", "leek2"), after="pretrain"),
+          "size": spec.size_key("smoke")}
+NOTES = ("pairs: " + ", ".join(f"{p},{f}" for p, fs in PAIRS.items() for f in fs),)
 
 
 def get_config(arg: str | None = None):
   """fcn config; ``arg`` e.g. ``"mnist"``, ``"leek10,leek2"``, ``"smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  chosen = [spec.dataset_name(t) for t in tokens]
-  if chosen and (chosen[0] not in PAIRS or len(chosen) > 2 or
-                 (len(chosen) == 2 and chosen[1] not in PAIRS[chosen[0]])):
-    raise ValueError(f"configs/fcn.py: {arg!r}: use one of {[p for p in PAIRS]} or a pair "
-                     f"{[(p, f) for p, fs in PAIRS.items() for f in fs]}")
+  args = spec.parse_args(arg, SCHEMA, "configs/fcn.py", NOTES)
   config = spec.base_config("fcn")
   config.model.name = "fcn"
   names = []
@@ -49,10 +52,11 @@ def get_config(arg: str | None = None):
                                                      data={"dataset": finetune})
       config.tests[name] = spec.test(f"finetune_{name}",
                                      labels={"pretrain": pretrain, "finetune": finetune})
-      if not chosen or (chosen[0] == pretrain and chosen[1:] in ([], [finetune])):
+      if args.pretrain in (None, pretrain) and args.finetune in (None, finetune):
         names.append(name)
-  spec.keep_tests(config, names, arg or "")
-  if smoke:
+  config.figures = spec.FIGURES + ("transfer",)
+  spec.keep_tests(config, names, args)
+  if args.size == "smoke":
     spec.shrink_for_smoke(config)
     for name, stage in config.stages.items():  # the smoke budget, not convergence
       if name.startswith("pretrain_"):

@@ -34,10 +34,16 @@ arm, the paper's figure).
 
   python -m transinv_jax.main --config=configs/quadrant.py:scratch,frozen_random \
       --workdir=runs/quadrant
-  python -m transinv_jax.main --config=configs/quadrant.py:scratch,64,smoke --workdir=runs/q64
+  python -m transinv_jax.main --config=configs/quadrant.py:scratch,32,smoke --workdir=runs/q32
 
-Config arguments: arms and/or borders to keep, plus ``smoke`` (borders 0, 8 and 32 on a 16 px
-item, ResNet-18 at 1/16 width). No argument runs every arm at every border.
+Config arguments (comma separated; ``configs/quadrant.py:arm=scratch,border=32,size=smoke``):
+
+  arm=scratch|frozen_random|frozen_pretrained|frozen_imagenet  arms to keep, repeatable
+  border=<int>     borders to keep, repeatable: 0, 16, 32, 64, 128, 256, 512 (smoke: 0, 8, 32)
+  size=smoke|paper ``smoke``: borders 0, 8 and 32 on a 16 px item, ResNet-18 at 1/16 width
+
+Short forms: each value alone (``scratch,64``, ``frozen_imagenet,0,smoke``). No argument runs
+every arm at every border.
 
 Expected cost: 21 trainings per arm of 5 seeds x at most 2000 steps at batch 32; the 512 px border
 makes 1136x1136 canvases (about 26x the work of 224x224): hours on one H100 for all arms.
@@ -48,6 +54,11 @@ from transinv_jax.experiments import spec
 BORDERS = (0, 16, 32, 64, 128, 256, 512)
 ARMS = ("scratch", "frozen_random", "frozen_pretrained", "frozen_imagenet")
 ITEM = 56
+SMOKE_BORDERS = (0, 8, 32)
+SCHEMA = {"arm": spec.Key(ARMS, multi=True), "border": spec.Key(int, multi=True),
+          "size": spec.size_key("smoke")}
+NOTES = (f"borders: {', '.join(map(str, BORDERS))} (smoke: "
+         f"{', '.join(map(str, SMOKE_BORDERS))})",)
 
 
 def _location_data(border: int, item: int) -> dict:
@@ -57,15 +68,13 @@ def _location_data(border: int, item: int) -> dict:
 
 def get_config(arg: str | None = None):
   """quadrant config; ``arg`` e.g. ``"scratch,frozen_random"``, ``"64,smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  item, borders = (16, (0, 8, 32)) if smoke else (ITEM, BORDERS)
-  arms = [t for t in tokens if t in ARMS]
-  chosen = [int(t) for t in tokens if t.isdigit()]
-  unknown = [t for t in tokens if t not in ARMS and not t.isdigit()]
-  bad = [b for b in chosen if b not in borders]
-  if unknown or bad:
-    raise ValueError(f"configs/quadrant.py: {unknown or bad}: use arms from {ARMS} and borders "
-                     f"from {borders}")
+  args = spec.parse_args(arg, SCHEMA, "configs/quadrant.py", NOTES)
+  smoke = args.size == "smoke"
+  item, borders = (16, SMOKE_BORDERS) if smoke else (ITEM, BORDERS)
+  arms, chosen = args.arm, args.border
+  for border in chosen:
+    if border not in borders:
+      raise args.error(str(border), f"not one of the borders at size {args.size}")
   config = spec.base_config("quadrant")
   config.finetune = "frozen_conv"
   config.data.dataset = "fashion_mnist"
@@ -101,7 +110,7 @@ def get_config(arg: str | None = None):
                                        labels={"arm": arm, "border": str(border), "split": split})
         if (not arms or arm in arms) and (not chosen or border in chosen):
           names.append(name)
-  spec.keep_tests(config, names, arg or "")
+  spec.keep_tests(config, names, args)
   if smoke:
     config.num_seeds = 1
     config.data.max_train_items = 200

@@ -17,7 +17,9 @@ paper's rook image is not public, and any patch shows the effect. Canvases are n
   python -m transinv_jax.main --config=configs/rook.py --workdir=runs/rook
   python -m transinv_jax.main --config=configs/rook.py:full,smoke --workdir=runs/rook_full
 
-Config arguments: padding modes to keep (zeros, valid, full, circular), plus ``smoke``.
+Config arguments (comma separated; ``configs/rook.py:padding=full,size=smoke``):
+``padding=zeros|valid|full|circular`` (repeatable; default all) and ``size=smoke|paper``; short
+forms: each value alone (``full,smoke``).
 
 Expected cost: 4 trainings of 5 seeds x 3000 steps of a one-filter net: a minute on one GPU, a few
 minutes on a laptop CPU.
@@ -26,14 +28,12 @@ minutes on a laptop CPU.
 from transinv_jax.experiments import spec
 
 PADDINGS = ("zeros", "valid", "full", "circular")
+SCHEMA = {"padding": spec.Key(PADDINGS, multi=True), "size": spec.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """rook config; ``arg`` e.g. ``"zeros,full"``, ``"smoke"``."""
-  tokens, smoke = spec.parse_arg(arg)
-  unknown = [t for t in tokens if t not in PADDINGS]
-  if unknown:
-    raise ValueError(f"configs/rook.py: {unknown}: use padding modes from {PADDINGS}")
+  args = spec.parse_args(arg, SCHEMA, "configs/rook.py")
   config = spec.base_config("rook")
   config.data.dataset = "fashion_mnist"
   config.data.labels = "location_pairs"
@@ -60,10 +60,10 @@ def get_config(arg: str | None = None):
       name = f"{padding}_{split}"
       config.tests[name] = spec.test(padding, kind="accuracy", split=split,
                                      labels={"padding": padding, "split": split})
-      if not tokens or padding in tokens:
+      if not args.padding or padding in args.padding:
         names.append(name)
-  spec.keep_tests(config, names, arg or "")
-  if smoke:
+  spec.keep_tests(config, names, args)
+  if args.size == "smoke":
     config.num_seeds = 2
     config.data.max_train_items = 200
     config.train.max_steps = 300

@@ -8,7 +8,7 @@ import pytest
 import exp2
 from conftest import tiny_config
 from transinv_jax import checkpoints, config_checks, main, workdir
-from transinv_jax.experiments import pipeline, spec
+from transinv_jax.experiments import pipeline, spec, stages
 
 USER_ERRORS = main.USER_ERRORS + (pipeline.TrainingDiverged,)
 
@@ -152,11 +152,11 @@ def test_stage_cycles_and_missing_parents():
   config = exp2.get_config("mnist,leek2,smoke")
   config.stages.pretrain_mnist.parent = "finetune_mnist_leek2"
   with pytest.raises(config_checks.ConfigError, match="is a cycle"):
-    pipeline.check(config, 1)
+    stages.check(config, 1)
   config = exp2.get_config("mnist,leek2,smoke")
   config.stages.finetune_mnist_leek2.parent = "pretrain_svhn"
   with pytest.raises(config_checks.ConfigError, match="needs stage 'pretrain_svhn'"):
-    pipeline.check(config, 1)
+    stages.check(config, 1)
 
 
 def test_unknown_stage_keys_are_refused():

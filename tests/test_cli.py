@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO_ROOT, only_result, read_test_record, subprocess_env, tiny_config
 from transinv_jax import checkpoints, config_checks, workdir
 from transinv_jax.data import sources
-from transinv_jax.experiments import pipeline
+from transinv_jax.experiments import pipeline, stages
 
 
 def main(*args, env=None):
@@ -151,10 +151,10 @@ def test_bad_config_stops_before_any_work(tmp_path, change, key):
 def test_batch_must_split_over_devices_and_canvas_fit_the_model(tmp_path):
   config = tiny_config()
   with pytest.raises(config_checks.ConfigError, match="config.train.batch_size"):
-    pipeline.check(config, num_devices=5)
+    stages.check(config, num_devices=5)
   config.data.canvas_size, config.data.item_size = 16, 8
   with pytest.raises(config_checks.ConfigError, match="config.data.canvas_size"):
-    pipeline.check(config, num_devices=1)
+    stages.check(config, num_devices=1)
 
 
 def test_workdir_with_another_config_is_refused(tmp_path, shared_data_dir):

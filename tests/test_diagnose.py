@@ -12,7 +12,7 @@ import azulay_weiss
 import diagnose as diagnose_config
 from conftest import tiny_config
 from transinv_jax import checkpoints, config_checks, models
-from transinv_jax.experiments import diagnose, diagnostics, pipeline, spec
+from transinv_jax.experiments import diagnose, diagnostics, pipeline, spec, stages
 from transinv_jax.models import pretrained
 
 CANVAS, ITEM = 32, 12
@@ -182,9 +182,9 @@ def test_path_base_centres_the_path():
 def test_azulay_weiss_config():
   config = azulay_weiss.get_config()
   assert sorted(config.tests) == ["avg", "max"]
-  avg = pipeline.stage_config(config, "avg")
+  avg = stages.stage_config(config, "avg")
   assert avg.model.pooling == "avg" and avg.model.avg_pool_size == 6
-  assert pipeline.stage_config(config, "max").model.pooling == "max"
+  assert stages.stage_config(config, "max").model.pooling == "max"
   assert {t.kind for t in config.tests.values()} == {"invariance"}
   assert sorted(azulay_weiss.get_config("imagenet").stages) == ["imagenet"]
 

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import tiny_config
 from transinv_jax import config_checks
-from transinv_jax.experiments import pipeline
+from transinv_jax.experiments import stages
 from transinv_jax.data import download
 from transinv_jax.data import sources
 from transinv_jax.data.sources import DataError
@@ -316,9 +316,9 @@ def test_mirror_config_check():
   config = tiny_config()
   config.data.mirror = "lab-server:8000"
   with pytest.raises(config_checks.ConfigError, match=r"config\.data\.mirror='lab-server:8000'"):
-    pipeline.check(config, num_devices=1)
+    stages.check(config, num_devices=1)
   config.data.mirror = "http://lab-server:8000"
-  pipeline.check(config, num_devices=1)
+  stages.check(config, num_devices=1)
 
 
 def test_zip_member_read_by_range_equals_the_file(tmp_path):

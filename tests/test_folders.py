@@ -13,8 +13,8 @@ import azulay_weiss
 import quadrant
 from conftest import tiny_config
 from transinv_jax import config_checks
-from transinv_jax.data import folders, locations, sources
-from transinv_jax.experiments import pipeline, spec
+from transinv_jax.data import folders, inputs, locations, sources
+from transinv_jax.experiments import pipeline, spec, stages
 
 CLASSES = ("cat", "dog", "eel")
 
@@ -181,15 +181,15 @@ def test_configs_read_the_imagenet_folder_or_say_they_do_not(tmp_path, caplog, m
       "folder", "folder", str(root))
   assert resolved.data.item_size == item and resolved.stand_in == ""
   assert config.data.source == "files"  # the config given is left as it was
-  pipeline.check(resolved, 1)
+  stages.check(resolved, 1)
   # Another folder, another stage; stages of other sources keep their keys.
   stage = next(iter(resolved.stages))
-  assert pipeline.stage_key(resolved, stage) != pipeline.stage_key(stand_in, stage)
+  assert stages.stage_key(resolved, stage) != stages.stage_key(stand_in, stage)
   resolved.data.folder = str(tmp_path / "other")
-  assert pipeline.stage_key(resolved, stage) != pipeline.stage_key(
+  assert stages.stage_key(resolved, stage) != stages.stage_key(
       spec.resolve_stand_in(config), stage)
   stand_in.data.folder, stand_in.data.folder_size = "ignored", 99
-  assert pipeline.stage_key(stand_in, stage) == pipeline.stage_key(
+  assert stages.stage_key(stand_in, stage) == stages.stage_key(
       spec.resolve_stand_in(module.get_config(arg)), stage)
 
 
@@ -210,6 +210,6 @@ def test_quadrant_runs_on_a_folder(tmp_path):
   stored = json.loads((tmp_path / "run" / "config.json").read_text())
   assert stored["data"]["source"] == "folder" and stored["data"]["folder"] == str(root)
   # Stored on the host at the item size (config.data.folder_size=0): the device resize is a no-op.
-  flat = pipeline.stage_config(spec.resolve_stand_in(config), "scratch_0")
-  train = pipeline.load_items(flat.data, "train", 0)
+  flat = stages.stage_config(spec.resolve_stand_in(config), "scratch_0")
+  train = inputs.load_items(flat.data, "train", 0)
   assert train.images.shape == (10, 12, 12, 3) and train.class_names == locations.CORNERS

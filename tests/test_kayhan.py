@@ -12,8 +12,8 @@ import quadrant
 import rook
 from conftest import shared_data_path
 from transinv_jax import config_checks, evaluate, sharding
-from transinv_jax.data import canvas, locations, sources
-from transinv_jax.experiments import pipeline
+from transinv_jax.data import canvas, inputs, locations, sources
+from transinv_jax.experiments import stages
 from transinv_jax.train import Items
 
 
@@ -61,9 +61,9 @@ def _item_set(n=10, classes=3):
 
 def test_location_labels_balanced_and_fixed():
   items = _item_set(11)
-  first = pipeline.location_labels(items, "location", "train")
-  again = pipeline.location_labels(items, "location", "train")
-  other = pipeline.location_labels(items, "location", "test")
+  first = inputs.location_labels(items, "location", "train")
+  again = inputs.location_labels(items, "location", "train")
+  other = inputs.location_labels(items, "location", "test")
   assert first.num_classes == 2 and first.class_names == locations.CORNERS
   np.testing.assert_array_equal(first.labels, again.labels)   # a fixed dataset, whatever the seed
   assert sorted(np.bincount(first.labels)) == [5, 6]           # balanced
@@ -73,13 +73,13 @@ def test_location_labels_balanced_and_fixed():
 
 def test_location_pairs_put_every_item_at_both_corners():
   items = _item_set(5)
-  pairs = pipeline.location_labels(items, "location_pairs", "train")
+  pairs = inputs.location_labels(items, "location_pairs", "train")
   assert len(pairs.labels) == 10
   np.testing.assert_array_equal(pairs.labels, [0] * 5 + [1] * 5)
   np.testing.assert_array_equal(pairs.images[:5], pairs.images[5:])
-  assert pipeline.location_labels(items, "class", "train") is items
+  assert inputs.location_labels(items, "class", "train") is items
   with pytest.raises(config_checks.ConfigError, match="config.data.labels='where'"):
-    pipeline.location_labels(items, "where", "train")
+    inputs.location_labels(items, "where", "train")
 
 
 def _mnist_data(**overrides):
@@ -95,9 +95,9 @@ def _mnist_data(**overrides):
 def test_train_val_test_splits_are_disjoint(shared_data_dir):
   del shared_data_dir
   data = _mnist_data(val_items=300, labels="location", train_location="corners")
-  train = pipeline.load_items(data, "train", 1000)
-  val = pipeline.load_items(data, "val", 0)
-  test = pipeline.load_items(data, "test", 1000)
+  train = inputs.load_items(data, "train", 1000)
+  val = inputs.load_items(data, "val", 0)
+  test = inputs.load_items(data, "test", 1000)
   assert len(train.labels) == 1000 and len(val.labels) == 300 and len(test.labels) == 1000
   whole = sources.load_items("mnist", "train", data_dir=data.data_dir)
   # val is the end of the train file, train its beginning: no index in common.
@@ -113,9 +113,9 @@ def test_train_val_test_splits_are_disjoint(shared_data_dir):
 def test_val_split_errors(shared_data_dir):
   del shared_data_dir
   with pytest.raises(config_checks.ConfigError, match="val_items > 0"):
-    pipeline.load_items(_mnist_data(), "val", 0)
+    inputs.load_items(_mnist_data(), "val", 0)
   with pytest.raises(config_checks.ConfigError, match="val_items=60000 leaves no training"):
-    pipeline.load_items(_mnist_data(val_items=60000), "train", 0)
+    inputs.load_items(_mnist_data(val_items=60000), "train", 0)
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -128,7 +128,7 @@ def test_val_split_errors(shared_data_dir):
 ])
 def test_bad_location_configs(overrides, match):
   config = rook.get_config("smoke")
-  flat = pipeline.stage_config(config, "zeros")
+  flat = stages.stage_config(config, "zeros")
   flat.data.update(overrides)
   with pytest.raises(config_checks.ConfigError, match=match):
     config_checks.check_config(flat, 1)
@@ -173,7 +173,7 @@ def test_rook_config():
   assert len(config.tests) == 8
   assert {t.kind for t in config.tests.values()} == {"accuracy"}
   assert {t.split for t in config.tests.values()} == {"train", "test"}
-  flat = pipeline.stage_config(config, "full")
+  flat = stages.stage_config(config, "full")
   assert flat.model.name == "rook" and flat.model.padding == "full"
   assert flat.data.canvas_size == 2 * flat.data.item_size and not flat.data.normalise
   config_checks.check_config(flat, 1)
@@ -187,15 +187,15 @@ def test_quadrant_config():
   config = quadrant.get_config()
   assert len(config.tests) == len(quadrant.ARMS) * len(quadrant.BORDERS) * 3
   for border in quadrant.BORDERS:
-    flat = pipeline.stage_config(config, f"scratch_{border}")
+    flat = stages.stage_config(config, f"scratch_{border}")
     assert flat.data.canvas_size == 2 * (56 + border)
     assert flat.data.labels == "location" and flat.data.val_items == 1000
   assert config.stages.frozen_random_64.parent == "random_init"
   assert config.stages.random_init.untrained
   assert config.stages.frozen_imagenet_0.parent == "imagenet"
-  assert pipeline.finetune_policy(config, "frozen_pretrained_16") == "frozen_conv"
+  assert stages.finetune_policy(config, "frozen_pretrained_16") == "frozen_conv"
   # The pretrain learns the items' own classes, on the border-0 canvas.
-  pretrain = pipeline.stage_config(config, "pretrain")
+  pretrain = stages.stage_config(config, "pretrain")
   assert pretrain.data.labels == "class" and pretrain.data.canvas_size == 112
   one = quadrant.get_config("frozen_random,64")
   assert sorted(one.tests) == [f"frozen_random_64_{s}" for s in ("test", "train", "val")]
@@ -207,7 +207,7 @@ def test_quadrant_config():
 def test_quadrant_imagenet_arm_needs_weights():
   config = quadrant.get_config("frozen_imagenet,0,smoke")
   with pytest.raises(config_checks.ConfigError, match="config.imagenet_weights is empty"):
-    pipeline.check(config, 1)
+    stages.check(config, 1)
 
 
 def test_data_efficiency_config():
@@ -215,7 +215,7 @@ def test_data_efficiency_config():
   assert len(config.tests) == 10
   for padding in data_efficiency.PADDINGS:
     for size in data_efficiency.SIZES:
-      flat = pipeline.stage_config(config, f"{padding}_{size}")
+      flat = stages.stage_config(config, f"{padding}_{size}")
       assert flat.model.padding == padding and flat.data.max_train_items == size
-  config_checks.check_config(pipeline.stage_config(config, "full_100"), 1)
+  config_checks.check_config(stages.stage_config(config, "full_100"), 1)
   assert sorted(data_efficiency.get_config("full,smoke").tests) == ["full_200", "full_50"]

@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_config
 from transinv_jax import config_checks, evaluate, invariance, kernel, models, sharding, train
 from transinv_jax.data import canvas, locations
-from transinv_jax.experiments import pipeline
+from transinv_jax.experiments import stages
 from transinv_jax.models import layers, pretrained, vgg
 
 
@@ -186,7 +186,7 @@ def test_batch_norm_stats_is_validated():
     models.build_model(bn_config("batch", name="fcn"), 3)
 
   def checked(**model):
-    config = pipeline.stage_config(tiny_config(), "vanilla_mnist")
+    config = stages.stage_config(tiny_config(), "vanilla_mnist")
     config.model.update({"batch_norm": True, "batch_norm_stats": "batch", **model})
     config_checks.check_config(config, 1)
 

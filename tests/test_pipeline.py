@@ -10,7 +10,8 @@ import pytest
 
 from conftest import read_test_record, tiny_config
 from transinv_jax import checkpoints, models, similarity
-from transinv_jax.experiments import pipeline, spec
+from transinv_jax.data import inputs
+from transinv_jax.experiments import pipeline, spec, stages
 from transinv_jax.models import pretrained
 
 
@@ -155,7 +156,7 @@ def test_exp5_similarity_before_and_after_fine_tuning(tmp_path, shared_data_dir)
   assert record["layers"][-1] == "logits" and len(record["output_similarity"]) == 3
   assert len(record["penultimate_similarity"]) == 3
   # One item per class drawn by the seed: the same items before and after fine-tuning.
-  leek2 = pipeline.load_items(pipeline.test_config(config, "before_mnist_leek2").data, "test", 0)
+  leek2 = inputs.load_items(stages.test_config(config, "before_mnist_leek2").data, "test", 0)
   drawn = similarity.item_indices(leek2.labels, 2, seed=config.seed)
   assert record["item_indices"] == {str(config.seed): drawn.tolist()} and record[
       "items_per_class"] == 1

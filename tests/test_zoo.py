@@ -11,7 +11,7 @@ import pytest
 from conftest import tiny_config
 from transinv_jax import config_checks, models, sharding, train
 from transinv_jax.data import canvas, locations
-from transinv_jax.experiments import pipeline
+from transinv_jax.experiments import pipeline, stages
 from transinv_jax.models import pretrained as pretrained_lib
 
 
@@ -103,7 +103,7 @@ def test_bad_model_knobs_are_refused(change, key):
   config.data.canvas_size = 64
   config.model.update(change)
   with pytest.raises(config_checks.ConfigError, match=key.replace(".", r"\.")):
-    pipeline.check(config, num_devices=1)
+    stages.check(config, num_devices=1)
 
 
 def test_padding_override_reaches_the_layer():

@@ -35,7 +35,8 @@ from etils import epath
 
 from transinv_jax import checkpoints, config_checks, finetune, kernel, models, sharding
 from transinv_jax import workdir as workdir_lib
-from transinv_jax.experiments import diagnostics, pipeline, spec
+from transinv_jax.data import inputs
+from transinv_jax.experiments import diagnostics, spec, stages
 from transinv_jax.models import pretrained
 
 WEIGHT_SUFFIXES = (".pth", ".pt", ".h5")
@@ -130,7 +131,7 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
     # The network as it is, its own output layer kept: as exp5's and Azulay & Weiss' untrained
     # ImageNet stages load it.
     try:
-      num_classes, variables = pipeline.imported_network(
+      num_classes, variables = stages.imported_network(
           path, flat.model, (1, flat.data.canvas_size, flat.data.canvas_size, flat.data.channels),
           platform)
     except pretrained.PretrainedError as e:
@@ -189,7 +190,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
   """
   # A gs:// (non-local) workdir is proven writable here, before any other work.
   workdir = workdir_lib.check_usable(workdir)
-  config = pipeline.workdir_config(config, workdir, on_config_change)
+  config = stages.workdir_config(config, workdir, on_config_change)
   mesh = sharding.make_mesh()
   platform = jax.default_backend()
   network = load_network(config, platform)
@@ -203,18 +204,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
     raise config_checks.ConfigError(f"{e} (the data and model resolved from "
                                     f"{config.checkpoint})") from None
   d = flat.data
-  item_set = pipeline.load_items(d, config.split, flat.eval.invariance_items)
+  item_set = inputs.load_items(d, config.split, flat.eval.invariance_items)
   finished = workdir_lib.prepare(json.loads(config.to_json_best_effort()), workdir)
   if finished is not None:
     logging.info("%s already holds a finished run; nothing to do", workdir)
     return finished
-  items = pipeline.to_device(item_set, d.item_size, mesh)
+  items = inputs.to_device(item_set, d.item_size, mesh)
   if network.mean is None:
-    train_set = pipeline.load_items(d, "train", d.max_train_items)
-    train_items = pipeline.to_device(train_set, d.item_size, mesh)
-    network.mean, network.std = pipeline.canvas_normalisation(d, train_items.images)
+    train_set = inputs.load_items(d, "train", d.max_train_items)
+    train_items = inputs.to_device(train_set, d.item_size, mesh)
+    network.mean, network.std = inputs.canvas_normalisation(d, train_items.images)
   net = kernel.Inference(models.build_model(flat.model, network.num_classes, platform))
-  render = pipeline.render_fn(d, network.mean, network.std, flat.model.dtype, platform)
+  render = inputs.render_fn(d, network.mean, network.std, flat.model.dtype, platform)
   variables = jax.device_put(network.variables, sharding.replicated(mesh))
   directory = workdir / "tests" / TEST
   record = diagnostics.invariance_test(

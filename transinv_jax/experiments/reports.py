@@ -1,33 +1,41 @@
 """Tables and figures of a finished experiment, from its tests' records (the paper's figures).
 
 Every experiment writes ``results.csv`` and ``results.json`` (one row per test) and the summary;
-the figures depend on the experiment:
+the figures are those named in ``config.figures`` (``FIGURES`` below maps each name to the
+function drawing it; ``spec.FIGURES`` are every experiment's, each drawn from the tests of one
+kind when the run has some). By name, and the experiments whose configs list them:
 
-  exp1   accuracy bars with std per dataset and arm (figure 1C, top); interpolated heatmaps per
-         dataset and arm (figure 1C, bottom)
-  exp2   normalised-accuracy matrix pretrain x fine-tune (figure 2B); bars with std (figure 6)
-  fcn    the same two, for the fully connected network (figure 13)
-  exp3   heatmaps of each test (figure 3), per class in each test's folder
-  exp4   heatmaps of each test (figures 4, 8); for conditions 3.x, separate heatmaps of the
-         fully translated classes and of the upper-right-only classes (figure 9); per class in
-         each test's folder (figure 7)
-  any stage trained in class regions (exp3, exp4)  ``coverage_<stage>.png``: per class group,
-         how often the training sampler puts item pixels on each canvas pixel, regions outlined
-         (computed from the config). The records of tests on or after that stage get
-         ``training_coverage`` (per group: allowed centres, and how many put pixels outside the
-         group's region); sweeps of the stage itself get ``accuracy_by_region`` (per group:
-         accuracy at the tested centres inside and outside its region)
-  exp5   penultimate cosine similarity against displacement per network and dataset (figure 5A);
-         before vs after fine-tuning for each pretraining dataset (figures 5B, 10); every layer
-         by displacement (figure 11) and at the largest displacement (figure 12)
-  rook   train and test accuracy per padding (bars)
-  quadrant  location accuracy against the border, one line per arm, per split
-  data_efficiency  test accuracy against the training set size, one line per padding
-  azulay_weiss (any ``invariance`` tests)  the global sums of the last conv layer's maps as the
-         item moves, one panel per network (A&W figure 4); per-layer nonshiftability,
-         equivariance error and cosine similarity per network; the scalar measures as bars
+  heatmaps       every sweep's interpolated mean heatmap, side by side (exp1: figure 1C, bottom)
+  accuracy_bars  (exp1) accuracy bars with std per dataset and arm (figure 1C, top)
+  transfer       (exp2, fcn) normalised-accuracy matrix pretrain x fine-tune (figure 2B); bars
+                 with std (figure 6); for the fully connected network, figure 13
+  class_groups   (exp4) for conditions 3.x, separate heatmaps of the fully translated classes and
+                 of the upper-right-only classes (figure 9); exp3's and exp4's heatmaps of each
+                 test (figures 3, 4, 8) are ``heatmaps``, per class in each test's folder (7)
+  coverage       any stage trained in class regions (exp3, exp4): ``coverage_<stage>.png``: per
+                 class group, how often the training sampler puts item pixels on each canvas
+                 pixel, regions outlined (computed from the config). Whatever the figures, the
+                 records of tests on or after that stage get ``training_coverage`` (per group:
+                 allowed centres, and how many put pixels outside the group's region); sweeps
+                 of the stage itself get ``accuracy_by_region`` (per group: accuracy at the
+                 tested centres inside and outside its region)
+  similarity     (``similarity`` tests: exp5) penultimate cosine similarity against displacement
+                 per network and dataset (figure 5A); before vs after fine-tuning for each
+                 pretraining dataset (figures 5B, 10); every layer by displacement (figure 11)
+                 and at the largest displacement (figure 12)
+  accuracy       (``accuracy`` tests) rook: train and test accuracy per padding (bars); quadrant:
+                 location accuracy against the border, one line per arm, per split;
+                 data_efficiency: test accuracy against the training set size per padding
+  invariance     (``invariance`` tests: azulay_weiss) the global sums of the last conv layer's
+                 maps as the item moves, one panel per network (A&W figure 4); per-layer
+                 nonshiftability, equivariance error and cosine similarity per network; the
+                 scalar measures as bars
+
+A new figure: a function ``(Figures) -> [paths written]`` and its line in ``FIGURES``; an
+experiment draws it once its config lists the name.
 """
 
+from collections.abc import Callable
 import csv
 import dataclasses
 import io
@@ -36,9 +44,10 @@ from typing import Sequence
 
 import ml_collections
 import numpy as np
+from absl import logging
 from etils import epath
 
-from transinv_jax import plots
+from transinv_jax import config_checks, plots
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import locations, sources
 from transinv_jax.experiments import diagnostics, spec
@@ -90,6 +99,29 @@ def _label(dataset: str) -> str:
   return spec.LABELS.get(dataset, dataset)
 
 
+@dataclasses.dataclass(frozen=True)
+class Figures:
+  """What a figure is drawn from: the run's config, its records and where figures go."""
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  folder: epath.Path  # <workdir>/figures
+  records: tuple[dict, ...]
+  coverage: dict  # stage -> StageCoverage, the stages trained in class regions
+
+  def of_kind(self, kind: str) -> list[dict]:
+    """The records of the tests of one kind (sweep, similarity, accuracy, invariance)."""
+    return [r for r in self.records if r["kind"] == kind]
+
+
+def check_figures(config: ml_collections.ConfigDict) -> None:
+  """Refuses a ``config.figures`` name that no function draws (before any work)."""
+  unknown = [n for n in config.get("figures", ()) if n not in FIGURES]
+  if unknown:
+    raise config_checks.ConfigError(
+        f"config.figures={tuple(config.figures)}: no figure {unknown}; use names from "
+        f"{sorted(FIGURES)} (transinv_jax/experiments/reports.py, FIGURES)")
+
+
 def write(config: ml_collections.ConfigDict, workdir: epath.Path,
           records: Sequence[dict]) -> dict:
   """Writes the tables and the experiment's figures; returns the summary's results part."""
@@ -100,26 +132,12 @@ def write(config: ml_collections.ConfigDict, workdir: epath.Path,
     records = _with_coverage(config, workdir, records, coverage)
     workdir_lib.write_bytes_atomic(workdir / "results.csv", table(records).encode())
     workdir_lib.write_json_atomic(workdir / "results.json", list(records))
-    sweeps = [r for r in records if r["kind"] == "sweep"]
-    sims = [r for r in records if r["kind"] == "similarity"]
-    if sweeps:
-      written += _heatmap_panels(workdir, sweeps, figures, config)
-    if config.experiment == "exp1" and sweeps:
-      written += _exp1_bars(sweeps, figures)
-    if config.experiment in ("exp2", "fcn") and sweeps:
-      written += _transfer_figures(sweeps, figures, config.experiment)
-    if config.experiment == "exp4":
-      written += _class_group_heatmaps(workdir, sweeps, figures)
-    written += _coverage_figures(config, coverage, figures)
-    if sims:
-      written += _similarity_figures(workdir, sims, figures)
-    accuracy = [r for r in records if r["kind"] == "accuracy"]
-    if accuracy:
-      written += _accuracy_figures(accuracy, figures, config.experiment)
-    invariance = [r for r in records if r["kind"] == "invariance"]
-    if invariance:
-      written += diagnostics.comparison_figures(workdir, invariance, figures,
-                                                config.experiment)
+    run = Figures(config, workdir, figures, tuple(records), coverage)
+    for name in config.get("figures", spec.FIGURES):
+      if name not in FIGURES:  # check_figures refuses it before any work; a record's config
+        logging.warning("config.figures: no figure %r; known: %s", name, sorted(FIGURES))
+        continue
+      written += FIGURES[name](run)
   summary = {"results": [{k: r.get(k) for k in COLUMNS if k in r} for r in records],
              "figures": sorted(str(p.relative_to(workdir)) for p in written)}
   if coverage:
@@ -443,3 +461,59 @@ def _accuracy_figures(records, figures, experiment) -> list[epath.Path]:
                        legend_title="split")
     written.append(path)
   return written
+
+
+# -- the figures by name (config.figures): each draws from the run, and returns what it wrote
+
+
+def _fig_heatmaps(run: Figures) -> list[epath.Path]:
+  sweeps = run.of_kind("sweep")
+  return _heatmap_panels(run.workdir, sweeps, run.folder, run.config) if sweeps else []
+
+
+def _fig_accuracy_bars(run: Figures) -> list[epath.Path]:
+  sweeps = run.of_kind("sweep")
+  return _exp1_bars(sweeps, run.folder) if sweeps else []
+
+
+def _fig_transfer(run: Figures) -> list[epath.Path]:
+  sweeps = run.of_kind("sweep")
+  return _transfer_figures(sweeps, run.folder, run.config.experiment) if sweeps else []
+
+
+def _fig_class_groups(run: Figures) -> list[epath.Path]:
+  return _class_group_heatmaps(run.workdir, run.of_kind("sweep"), run.folder)
+
+
+def _fig_coverage(run: Figures) -> list[epath.Path]:
+  return _coverage_figures(run.config, run.coverage, run.folder)
+
+
+def _fig_similarity(run: Figures) -> list[epath.Path]:
+  sims = run.of_kind("similarity")
+  return _similarity_figures(run.workdir, sims, run.folder) if sims else []
+
+
+def _fig_accuracy(run: Figures) -> list[epath.Path]:
+  accuracy = run.of_kind("accuracy")
+  return _accuracy_figures(accuracy, run.folder, run.config.experiment) if accuracy else []
+
+
+def _fig_invariance(run: Figures) -> list[epath.Path]:
+  invariance = run.of_kind("invariance")
+  if not invariance:
+    return []
+  return diagnostics.comparison_figures(run.workdir, invariance, run.folder,
+                                        run.config.experiment)
+
+
+FIGURES: dict[str, Callable[[Figures], list[epath.Path]]] = {
+    "heatmaps": _fig_heatmaps,            # every sweep's heatmap, side by side
+    "accuracy_bars": _fig_accuracy_bars,  # exp1: accuracy per dataset and arm (figure 1C)
+    "transfer": _fig_transfer,            # exp2, fcn: normalised accuracy matrix and bars
+    "class_groups": _fig_class_groups,    # exp4 3.x: heatmaps per class group (figure 9)
+    "coverage": _fig_coverage,            # stages trained in class regions: pixel coverage
+    "similarity": _fig_similarity,        # similarity tests (exp5's figures)
+    "accuracy": _fig_accuracy,            # accuracy tests (rook, quadrant, data_efficiency)
+    "invariance": _fig_invariance,        # invariance tests (azulay_weiss)
+}
