@@ -44,16 +44,16 @@ Expected cost: 2 trainings of 5 seeds (at most 5000 steps at batch 32) at 224x22
 200 items x 33 shifts x (path, diagonal) and 1000 consistency pairs: under an hour on one H100.
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 NETWORKS = ("max", "avg", "imagenet")
 IMAGENET_ITEM = 100  # px: the photos' side on the 224 px canvas (their figure 6: 100x100)
-SCHEMA = {"network": spec.Key(NETWORKS, multi=True), "size": spec.size_key("smoke")}
+SCHEMA = {"network": arguments.Key(NETWORKS, multi=True), "size": arguments.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """azulay_weiss config; ``arg`` e.g. ``"avg"``, ``"max,avg,smoke"``, ``"imagenet"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/azulay_weiss.py")
+  args = arguments.parse_args(arg, SCHEMA, "configs/azulay_weiss.py")
   smoke = args.size == "smoke"
   config = spec.base_config("azulay_weiss")
   config.data.dataset = "fashion_mnist"

@@ -27,20 +27,20 @@ Expected cost: 10 trainings of 5 seeds x at most 3000 steps at batch 32 on 64x64
 half an hour on one H100.
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 PADDINGS = ("zeros", "full")
 SIZES = (100, 300, 1000, 3000, 10000)
 SMOKE_SIZES = (50, 200)
-SCHEMA = {"padding": spec.Key(PADDINGS, multi=True), "train_items": spec.Key(int, multi=True),
-          "size": spec.size_key("smoke")}
+SCHEMA = {"padding": arguments.Key(PADDINGS, multi=True), "train_items": arguments.Key(int, multi=True),
+          "size": arguments.size_key("smoke")}
 NOTES = (f"train_items: {', '.join(map(str, SIZES))} (smoke: "
          f"{', '.join(map(str, SMOKE_SIZES))})",)
 
 
 def get_config(arg: str | None = None):
   """data_efficiency config; ``arg`` e.g. ``"full"``, ``"zeros,100"``, ``"smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/data_efficiency.py", NOTES)
+  args = arguments.parse_args(arg, SCHEMA, "configs/data_efficiency.py", NOTES)
   smoke = args.size == "smoke"
   sizes = SMOKE_SIZES if smoke else SIZES
   paddings, chosen = args.padding, args.train_items

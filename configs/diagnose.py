@@ -25,14 +25,14 @@ a few minutes on a CPU at the smoke sizes.
 
 import ml_collections
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
-SCHEMA = {"size": spec.size_key("smoke")}
+SCHEMA = {"size": arguments.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """diagnose config; ``arg`` is ``None`` or ``"smoke"``."""
-  smoke = spec.parse_args(arg, SCHEMA, "configs/diagnose.py").size == "smoke"
+  smoke = arguments.parse_args(arg, SCHEMA, "configs/diagnose.py").size == "smoke"
   base = spec.base_config("diagnose")
   config = ml_collections.ConfigDict()
   config.experiment = "diagnose"

@@ -40,17 +40,17 @@ it (measured on an H100: loss 2.30 after 1500 steps), and the authors' code uses
 the default here; ``--config.train.learning_rate=1e-3`` gives the paper's text.
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 ARMS = ("vanilla", "imagenet")
-SCHEMA = {"dataset": spec.dataset_key(multi=True),
-          "arm": spec.Key(ARMS, multi=True, aliases={"pretrained": "imagenet"}),
-          "size": spec.size_key("smoke", "mini")}
+SCHEMA = {"dataset": arguments.dataset_key(multi=True),
+          "arm": arguments.Key(ARMS, multi=True, aliases={"pretrained": "imagenet"}),
+          "size": arguments.size_key("smoke", "mini")}
 
 
 def get_config(arg: str | None = None):
   """exp1 config; ``arg`` e.g. ``"mnist,vanilla"``, ``"dataset=mnist,size=smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/exp1.py")
+  args = arguments.parse_args(arg, SCHEMA, "configs/exp1.py")
   datasets, arms = args.dataset, args.arm
   if args.size != "paper" and not datasets and not arms:  # the smallest cell
     datasets, arms = ["mnist"], ["vanilla"]

@@ -30,15 +30,15 @@ and 36 sweeps; about an hour per seed group on one H100 (DESIGN.md measured ~3 h
 sequential run of all seeds).
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
-SCHEMA = {"pretrain": spec.dataset_key(), "finetune": spec.dataset_key(after="pretrain"),
-          "size": spec.size_key("smoke", "mini")}
+SCHEMA = {"pretrain": arguments.dataset_key(), "finetune": arguments.dataset_key(after="pretrain"),
+          "size": arguments.size_key("smoke", "mini")}
 
 
 def get_config(arg: str | None = None):
   """exp2 config; ``arg`` e.g. ``"emnist"``, ``"emnist,mnist,smoke"``, ``"finetune=mnist"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/exp2.py")
+  args = arguments.parse_args(arg, SCHEMA, "configs/exp2.py")
   config = spec.base_config("exp2")
   for pretrain in spec.DATASETS:
     config.stages[f"pretrain_{pretrain}"] = spec.stage(

@@ -28,15 +28,15 @@ and two sweeps: minutes on one H100.
 """
 
 from transinv_jax.data import locations
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 TESTS = ("finetune", "emnist18")
-SCHEMA = {"test": spec.Key(TESTS, multi=True), "size": spec.size_key("smoke")}
+SCHEMA = {"test": arguments.Key(TESTS, multi=True), "size": arguments.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """exp3 config; ``arg`` e.g. ``"finetune"``, ``"emnist18,smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/exp3.py")
+  args = arguments.parse_args(arg, SCHEMA, "configs/exp3.py")
   config = spec.base_config("exp3")
   config.stages.pretrain = spec.stage(data={
       "dataset": "emnist_letters", "classes": 18, "train_location": "regions",

@@ -42,18 +42,18 @@ Expected cost at the paper's sizes: 12 trainings of 5 seeds (at most 5000 steps 
 import json
 
 from transinv_jax.data import locations
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 CONDITIONS = ("1", "2", "3.1", "3.2", "3.3", "3.4")
 # Conditions 3.x: the letters trained everywhere (the others only upper-right).
 FULLY_TRANSLATED = {"3.1": 1, "3.2": 10, "3.3": 20, "3.4": 25}
-SCHEMA = {"condition": spec.Key(CONDITIONS, multi=True),
-          "test": spec.Key(("emnist", "mnist"), multi=True), "size": spec.size_key("smoke")}
+SCHEMA = {"condition": arguments.Key(CONDITIONS, multi=True),
+          "test": arguments.Key(("emnist", "mnist"), multi=True), "size": arguments.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """exp4 config; ``arg`` e.g. ``"1"``, ``"3.2,mnist"``, ``"2,smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/exp4.py")
+  args = arguments.parse_args(arg, SCHEMA, "configs/exp4.py")
   conditions, kinds = args.condition, args.test
   config = spec.base_config("exp4")
   names = []

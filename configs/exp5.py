@@ -37,16 +37,16 @@ Expected cost at the paper's sizes: exp2's trainings (none if shared) and 6 + 6 
 tests of 5 seeds (seconds each on one H100).
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 NETWORKS = ("vanilla", "imagenet")
-SCHEMA = {"network": spec.Key(NETWORKS), "pretrain": spec.dataset_key(),
-          "finetune": spec.dataset_key(after="pretrain"), "size": spec.size_key("smoke")}
+SCHEMA = {"network": arguments.Key(NETWORKS), "pretrain": arguments.dataset_key(),
+          "finetune": arguments.dataset_key(after="pretrain"), "size": arguments.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """exp5 config; ``arg`` e.g. ``"vanilla"``, ``"emnist"``, ``"leek2,mnist,smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/exp5.py")
+  args = arguments.parse_args(arg, SCHEMA, "configs/exp5.py")
   if args.network and (args.pretrain or args.finetune):
     raise args.error(args.arg, "network goes without pretrain and finetune (the untrained and "
                      "ImageNet networks are not fine-tuned)")

@@ -27,18 +27,18 @@ Expected cost at the paper's sizes: 2 pretrainings of 5 seeds (at most 20000 ste
 4 fine-tunings (at most 5000) and 4 sweeps: minutes on one H100.
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 PAIRS = {"mnist": ("leek10", "leek2"), "leek10": ("mnist", "leek2")}
-SCHEMA = {"pretrain": spec.dataset_key(tuple(PAIRS)),
-          "finetune": spec.dataset_key(("mnist", "leek10", "leek2"), after="pretrain"),
-          "size": spec.size_key("smoke")}
+SCHEMA = {"pretrain": arguments.dataset_key(tuple(PAIRS)),
+          "finetune": arguments.dataset_key(("mnist", "leek10", "leek2"), after="pretrain"),
+          "size": arguments.size_key("smoke")}
 NOTES = ("pairs: " + ", ".join(f"{p},{f}" for p, fs in PAIRS.items() for f in fs),)
 
 
 def get_config(arg: str | None = None):
   """fcn config; ``arg`` e.g. ``"mnist"``, ``"leek10,leek2"``, ``"smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/fcn.py", NOTES)
+  args = arguments.parse_args(arg, SCHEMA, "configs/fcn.py", NOTES)
   config = spec.base_config("fcn")
   config.model.name = "fcn"
   names = []

@@ -49,14 +49,14 @@ Expected cost: 21 trainings per arm of 5 seeds x at most 2000 steps at batch 32;
 makes 1136x1136 canvases (about 26x the work of 224x224): hours on one H100 for all arms.
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 BORDERS = (0, 16, 32, 64, 128, 256, 512)
 ARMS = ("scratch", "frozen_random", "frozen_pretrained", "frozen_imagenet")
 ITEM = 56
 SMOKE_BORDERS = (0, 8, 32)
-SCHEMA = {"arm": spec.Key(ARMS, multi=True), "border": spec.Key(int, multi=True),
-          "size": spec.size_key("smoke")}
+SCHEMA = {"arm": arguments.Key(ARMS, multi=True), "border": arguments.Key(int, multi=True),
+          "size": arguments.size_key("smoke")}
 NOTES = (f"borders: {', '.join(map(str, BORDERS))} (smoke: "
          f"{', '.join(map(str, SMOKE_BORDERS))})",)
 
@@ -68,7 +68,7 @@ def _location_data(border: int, item: int) -> dict:
 
 def get_config(arg: str | None = None):
   """quadrant config; ``arg`` e.g. ``"scratch,frozen_random"``, ``"64,smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/quadrant.py", NOTES)
+  args = arguments.parse_args(arg, SCHEMA, "configs/quadrant.py", NOTES)
   smoke = args.size == "smoke"
   item, borders = (16, SMOKE_BORDERS) if smoke else (ITEM, BORDERS)
   arms, chosen = args.arm, args.border

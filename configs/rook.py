@@ -25,15 +25,15 @@ Expected cost: 4 trainings of 5 seeds x 3000 steps of a one-filter net: a minute
 minutes on a laptop CPU.
 """
 
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import arguments, spec
 
 PADDINGS = ("zeros", "valid", "full", "circular")
-SCHEMA = {"padding": spec.Key(PADDINGS, multi=True), "size": spec.size_key("smoke")}
+SCHEMA = {"padding": arguments.Key(PADDINGS, multi=True), "size": arguments.size_key("smoke")}
 
 
 def get_config(arg: str | None = None):
   """rook config; ``arg`` e.g. ``"zeros,full"``, ``"smoke"``."""
-  args = spec.parse_args(arg, SCHEMA, "configs/rook.py")
+  args = arguments.parse_args(arg, SCHEMA, "configs/rook.py")
   config = spec.base_config("rook")
   config.data.dataset = "fashion_mnist"
   config.data.labels = "location_pairs"

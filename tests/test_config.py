@@ -11,7 +11,7 @@ from ml_collections import config_flags
 from conftest import REPO_ROOT
 from transinv_jax import config_checks
 from transinv_jax.data import inputs, sources
-from transinv_jax.experiments import reports, spec
+from transinv_jax.experiments import arguments, figures, spec
 from transinv_jax.experiments import stages as stage_lib  # a test's parameter is `stages`
 
 # experiment -> (tests, stages) of the whole experiment.
@@ -190,7 +190,7 @@ def test_sizes_round_to_the_devices_unless_the_user_set_them():
     assert stage_lib.test_config(fitted, name).eval.items_per_batch % 8 == 0
 
 
-# -- the config-argument grammar (spec.parse_args): keyed forms and their short forms
+# -- the config-argument grammar (arguments.parse_args): keyed forms and their short forms
 
 KEYED = [
     ("exp1", "mnist,vanilla", "dataset=mnist,arm=vanilla"),
@@ -229,7 +229,7 @@ def test_keyed_forms_equal_their_short_forms(experiment, short, keyed):
   # Case and spaces do not matter; a short form rewritten in keys gives the same config.
   assert get(experiment, keyed.upper().replace(",", ", ")).to_json() == expected
   module = importlib.import_module(experiment)
-  rewritten = spec.keyed(short, module.SCHEMA, f"configs/{experiment}.py")
+  rewritten = arguments.keyed(short, module.SCHEMA, f"configs/{experiment}.py")
   assert "=" in rewritten and get(experiment, rewritten).to_json() == expected
 
 
@@ -347,12 +347,12 @@ OWN_FIGURES = {"exp1": ("accuracy_bars",), "exp2": ("transfer",), "fcn": ("trans
 def test_figures_follow_from_the_config(experiment):
   config = get(experiment)
   assert tuple(config.figures) == spec.FIGURES + OWN_FIGURES.get(experiment, ())
-  assert set(config.figures) <= set(reports.FIGURES)
-  reports.check_figures(config)
+  assert set(config.figures) <= set(figures.FIGURES)
+  figures.check_figures(config)
 
 
 def test_an_unknown_figure_is_refused():
   config = get("exp1", "smoke")
   config.figures = ("heatmaps", "heatmpas")
   with pytest.raises(config_checks.ConfigError, match=r"no figure \['heatmpas'\]"):
-    reports.check_figures(config)
+    figures.check_figures(config)

@@ -3,7 +3,8 @@
 config -> stages (items on the device, canvases made there, seeds trained side by side) -> tests
 (shift sweep or cosine similarity per seed) -> tables and figures -> files:
 
-  config.json                 the resolved config (a rerun must match it)
+  config.json                 the config as given (a rerun must match it)
+  resolved_config.json        the flat values each stage and test runs with (spec.resolved)
   progress.json               which stage or test runs now, its step, steps/s and ETA
   <stage_dir>/<stage>-<key>/  one trained stage, reused by every test and fine-tune that needs it:
       stage.json                what determines it (data, model, train, parent's key, seeds)
@@ -12,7 +13,7 @@ config -> stages (items on the device, canvases made there, seeds trained side b
       done.json               written last: the stage is finished once it exists
   tests/<test>/               sweep.npz and heatmaps, or similarity.npz; result.json written last
   results.csv, results.json   one row per test: per-seed figures, their mean and std
-  figures/                    the experiment's figures (reports.py)
+  figures/                    the experiment's figures (figures.py, by config.figures)
   summary.json                written last: the experiment is complete once it exists
 
 ``<stage_dir>`` is ``config.stage_dir`` or ``<workdir>/stages``; ``<key>`` hashes everything that
@@ -41,10 +42,6 @@ from transinv_jax.data import inputs, sources
 from transinv_jax.experiments import kinds, reports, spec, stages
 from transinv_jax.experiments.kinds import TestContext, TrainedStage
 from transinv_jax.models import pretrained
-
-# reports.py reads stage_config here (its import is not on top: it would be a cycle); its owner
-# can import it from stages.py now, which imports neither.
-stage_config = stages.stage_config
 
 
 class TrainingDiverged(RuntimeError):
@@ -397,6 +394,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
   if finished is not None:
     logging.info("%s already holds a finished run; nothing to do", workdir)
     return finished
+  # What each stage and test runs with (config.json keeps the config as given, mostly None in
+  # the stage and test sections); for reading, never compared on a rerun.
+  resolved = spec.resolved(fitted)
+  logging.info("resolved config:\n%s", json.dumps(resolved, indent=2))
+  if workdir_lib.is_writer():
+    workdir_lib.write_json_atomic(workdir / "resolved_config.json", resolved)
   summary = pipeline.run()
   if workdir_lib.is_writer():
     workdir_lib.write_json_atomic(workdir / workdir_lib.SUMMARY, summary)

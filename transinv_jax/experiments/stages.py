@@ -18,7 +18,7 @@ from absl import logging
 from transinv_jax import config_checks, finetune, models, train
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import sources
-from transinv_jax.experiments import spec
+from transinv_jax.experiments import figures, spec
 from transinv_jax.models import pretrained
 
 # Keys that change how a stage is run, not what it computes: left out of its cache key.
@@ -32,19 +32,11 @@ def as_dict(config: ml_collections.ConfigDict) -> dict:
 
 
 def stage_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-  """A stage's flat config: the shared sections with the stage's overrides applied."""
-  entry = config.stages[name]
-  flat = ml_collections.ConfigDict({
-      "seed": config.seed, "num_seeds": config.num_seeds,
-      "data": copy.deepcopy(config.data.to_dict()), "model": copy.deepcopy(config.model.to_dict()),
-      "train": copy.deepcopy(config.train.to_dict()), "eval": copy.deepcopy(config.eval.to_dict())})
-  for section in ("data", "model", "train"):
-    for key, value in entry[section].items():
-      if value is not None:  # None: inherit the shared section's value
-        flat[section][key] = value
-  if entry.imagenet:
-    flat.model.pretrained = config.imagenet_weights
-  return flat
+  """A stage's flat config: seeds, the shared sections with the stage's overrides applied
+  (``spec.stage_values``: what ``resolved_config.json`` shows) and the eval section."""
+  return ml_collections.ConfigDict({
+      "seed": config.seed, "num_seeds": config.num_seeds, **spec.stage_values(config, name),
+      "eval": copy.deepcopy(config.eval.to_dict())})
 
 
 def test_config(config: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -110,6 +102,7 @@ def check(config: ml_collections.ConfigDict, num_devices: int) -> None:
   """Checks the whole pipeline before any file is written: every stage and test config."""
   _require = config_checks.require
   _require(len(config.tests) > 0, "config.tests is empty: nothing to run")
+  figures.check_figures(config)
   _require(config.get("seeds_mode", "sequential") in train.SEEDS_MODES,
            f"config.seeds_mode={config.get('seeds_mode')!r}: use one of "
            f"{', '.join(train.SEEDS_MODES)} (sequential is the fast one on GPU and TPU)")
