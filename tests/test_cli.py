@@ -95,6 +95,15 @@ def test_smoke_run_writes_every_output(smoke_run):
     np.testing.assert_allclose(sweep["accuracy"][3, 0], row["accuracy_at_trained_location"])
   config = json.loads((workdir / "config.json").read_text())
   assert config["data"]["canvas_size"] == 64 and config["train"]["learning_rate"] == 1e-3
+  # resolved_config.json: the flat values the stage and the test ran with (config.json keeps
+  # the stage's overrides only, the rest None).
+  resolved = json.loads((workdir / "resolved_config.json").read_text())
+  assert config["stages"]["vanilla_mnist"]["data"]["canvas_size"] is None
+  ran = resolved["stages"]["vanilla_mnist"]
+  assert ran["data"]["canvas_size"] == 64 and ran["data"]["dataset"] == "mnist"
+  assert ran["train"]["learning_rate"] == 1e-3 and ran["parent"] == ""
+  assert resolved["tests"]["vanilla_mnist"]["kind"] == "sweep"
+  assert resolved["tests"]["vanilla_mnist"]["stage"] == "vanilla_mnist"
   records = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in records] == [[s] for s in range(25, 401, 25)]  # one seed
   assert records[-1]["eta_seconds"] == 0 and records[0]["eta_seconds"] > 0

@@ -356,3 +356,5 @@ def test_an_unknown_figure_is_refused():
   config.figures = ("heatmaps", "heatmpas")
   with pytest.raises(config_checks.ConfigError, match=r"no figure \['heatmpas'\]"):
     figures.check_figures(config)
+  with pytest.raises(config_checks.ConfigError, match=r"no figure \['heatmpas'\]"):
+    stage_lib.check(config, 1)  # before any work

@@ -1,6 +1,7 @@
 """Checks a config before any work, so mistakes stop in a second with the key and the fix."""
 
 from collections.abc import Collection
+import json
 import pathlib
 
 import jax
@@ -270,10 +271,27 @@ def _check_model(config: ml_collections.ConfigDict) -> None:
   # Build it abstractly at the configured input size: catches a canvas too small for the
   # model's poolings (and any other shape mismatch) before any work.
   shape = (1, data.canvas_size, data.canvas_size, data.channels)
-  try:
-    jax.eval_shape(models.build_model(model, 2).init, jax.random.key(0), jnp.zeros(shape))
-  except (ValueError, TypeError) as e:
+  problem = _shape_problem(model, shape)
+  if problem:
     raise ConfigError(
         f"config.model ({model.name}, padding {model.padding}, pooling {model.pooling}) does "
-        f"not fit config.data.canvas_size={data.canvas_size}: {e}; make the canvas larger or "
-        "change the model") from None
+        f"not fit config.data.canvas_size={data.canvas_size}: {problem}; make the canvas larger "
+        "or change the model")
+
+
+# The abstract build's verdict per architecture and input shape: an experiment's stages share
+# a few (quadrant's 31 stages, 6 architectures), and each build traces the whole network.
+_SHAPE_PROBLEMS: dict[tuple[str, tuple[int, ...]], str] = {}
+
+
+def _shape_problem(model: ml_collections.ConfigDict, shape: tuple[int, ...]) -> str:
+  """Why the model cannot be built at ``shape`` ("" if it can), from one abstract build."""
+  architecture = {k: v for k, v in model.to_dict().items() if k != "pretrained"}
+  key = (json.dumps(architecture, sort_keys=True, default=str), shape)
+  if key not in _SHAPE_PROBLEMS:
+    try:
+      jax.eval_shape(models.build_model(model, 2).init, jax.random.key(0), jnp.zeros(shape))
+      _SHAPE_PROBLEMS[key] = ""
+    except (ValueError, TypeError) as e:
+      _SHAPE_PROBLEMS[key] = str(e)
+  return _SHAPE_PROBLEMS[key]
