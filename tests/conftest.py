@@ -8,15 +8,19 @@ the tests start (``subprocess_env``): on 2 CPU cores it cuts parameter-init comp
 It changes random values, not their meaning; the product keeps JAX's default.
 """
 
+import atexit
 import collections
 import contextlib
 import logging
 import os
 import pathlib
 import re
+import shutil
 import sys
+import tempfile
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,6 +29,15 @@ sys.path.insert(0, str(REPO_ROOT / "configs"))  # so tests can `import exp1` lik
 # tests/test_platforms.py runs a slice of the suite that way in a subprocess, so that the tests do
 # not hold only with the faster setting.
 jax.config.update("jax_threefry_partitionable", os.environ.get("TRANSINV_JAX_DEFAULT_PRNG") == "1")
+# One persistent XLA cache for the session, shared with the nested pytest runs: tests compile
+# the same tiny programs many times over (every pipeline run builds its own jits). Fresh per
+# session, so no test passes on a program an older checkout compiled; count_compiles turns it off.
+XLA_CACHE = os.environ.get("TRANSINV_JAX_TEST_CACHE")
+if not XLA_CACHE:
+  XLA_CACHE = os.environ["TRANSINV_JAX_TEST_CACHE"] = tempfile.mkdtemp(prefix="transinv_xla_")
+  atexit.register(shutil.rmtree, XLA_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def shared_data_path() -> pathlib.Path:
@@ -103,7 +116,9 @@ def count_compiles():
   program it served would not be compiled, and not counted)."""
   handler, logger = _Compiles(), logging.getLogger("jax")
   cache_dir = jax.config.jax_compilation_cache_dir
+  # JAX decides once whether to use the cache: the reset makes it look at the directory again.
   jax.config.update("jax_compilation_cache_dir", None)
+  compilation_cache.reset_cache()
   logger.addHandler(handler)
   try:
     with jax.log_compiles():
@@ -111,3 +126,4 @@ def count_compiles():
   finally:
     logger.removeHandler(handler)
     jax.config.update("jax_compilation_cache_dir", cache_dir)
+    compilation_cache.reset_cache()

@@ -134,9 +134,16 @@ def test_kayhan_full_convolution_is_no_less_data_efficient(shared_data_dir, tmp_
   import data_efficiency  # pylint: disable=g-import-not-at-top
   config = data_efficiency.get_config("50,smoke")  # the smallest set: ResNet-18s on 50 items
   config.data.data_dir = str(shared_data_dir)
+  # One seed on 200 test items decided the sign by the CPU's float rounding (full 0.285 vs zeros
+  # 0.235 on one x86 CPU, 0.275 vs 0.255 on an AVX-512 one): three seeds on 1000 items do not.
+  config.num_seeds = 3
+  config.eval.max_items = 1000
   summary = pipeline.run(config, str(tmp_path))
   accuracy = {f'{r["padding"]}_{r["train_items"]}': r["accuracy"] for r in summary["results"]}
+  per_seed = {name: json.loads((tmp_path / "tests" / name / "result.json").read_text())[
+      "accuracy_per_seed"] for name in accuracy}
   _report("kayhan", **accuracy)
-  # Measured (one seed, 200 test items): 50 items full 0.285, zeros 0.235 (and at 200 items, not
-  # run here: full 0.37, zeros 0.385, within noise).
-  assert accuracy["full_50"] >= accuracy["zeros_50"] + 0.03
+  # Measured (3 seeds, 1000 test items): full 0.249 (0.274, 0.237, 0.236), zeros 0.238 (0.260,
+  # 0.223, 0.230): full ahead in every seed, by 0.006-0.014.
+  assert accuracy["full_50"] >= accuracy["zeros_50"]
+  assert sum(f >= z for f, z in zip(per_seed["full_50"], per_seed["zeros_50"])) >= 2, per_seed

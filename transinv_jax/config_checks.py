@@ -290,7 +290,9 @@ def _shape_problem(model: ml_collections.ConfigDict, shape: tuple[int, ...]) -> 
   key = (json.dumps(architecture, sort_keys=True, default=str), shape)
   if key not in _SHAPE_PROBLEMS:
     try:
-      jax.eval_shape(models.build_model(model, 2).init, jax.random.key(0), jnp.zeros(shape))
+      # All abstract, the key too: an eager op here would compile only on a cache miss.
+      init = models.build_model(model, 2).init
+      jax.eval_shape(lambda x: init(jax.random.key(0), x), jax.ShapeDtypeStruct(shape, jnp.float32))
       _SHAPE_PROBLEMS[key] = ""
     except (ValueError, TypeError) as e:
       _SHAPE_PROBLEMS[key] = str(e)
