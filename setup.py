@@ -28,6 +28,9 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest>=8",
+            # Two workers (README's test command): a test file stays on one worker, with its
+            # module fixtures; XLA's CPU compiles are mostly single-threaded.
+            "pytest-xdist>=3",
             # tfds.load and tfds.testing.mock_data need TensorFlow; CPU build only. TensorFlow
             # also reads the TensorBoard event files back (tests/test_metric_writer.py).
             "tensorflow-cpu>=2.16",
