@@ -1,7 +1,6 @@
 """Checks a config before any work, so mistakes stop in a second with the key and the fix."""
 
 from collections.abc import Collection
-import json
 import pathlib
 
 import jax
@@ -286,13 +285,13 @@ _SHAPE_PROBLEMS: dict[tuple[str, tuple[int, ...]], str] = {}
 
 def _shape_problem(model: ml_collections.ConfigDict, shape: tuple[int, ...]) -> str:
   """Why the model cannot be built at ``shape`` ("" if it can), from one abstract build."""
-  architecture = {k: v for k, v in model.to_dict().items() if k != "pretrained"}
-  key = (json.dumps(architecture, sort_keys=True, default=str), shape)
+  key = (models.architecture_key(model), shape)
   if key not in _SHAPE_PROBLEMS:
     try:
       # All abstract, the key too: an eager op here would compile only on a cache miss.
       init = models.build_model(model, 2).init
-      jax.eval_shape(lambda x: init(jax.random.key(0), x), jax.ShapeDtypeStruct(shape, jnp.float32))
+      jax.eval_shape(lambda x: init(jax.random.key(0), x),
+                     jax.ShapeDtypeStruct(shape, jnp.float32))
       _SHAPE_PROBLEMS[key] = ""
     except (ValueError, TypeError) as e:
       _SHAPE_PROBLEMS[key] = str(e)

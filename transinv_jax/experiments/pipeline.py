@@ -300,8 +300,7 @@ class Pipeline:
   def _net(self, flat, num_classes: int) -> kernel.Inference:
     """The network of ``flat.model`` in inference mode, one object per architecture and run: the
     compiled evaluation kernels are cached on it, so every test and seed reuses them."""
-    architecture = {k: v for k, v in flat.model.to_dict().items() if k != "pretrained"}
-    key = (json.dumps(architecture, sort_keys=True), num_classes, self.platform)
+    key = (models.architecture_key(flat.model), num_classes, self.platform)
     if key not in self._nets:
       self._nets[key] = kernel.Inference(
           models.build_model(flat.model, num_classes, self.platform))

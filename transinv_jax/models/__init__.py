@@ -14,6 +14,7 @@
 """
 
 import functools
+import json
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -119,6 +120,13 @@ def uses_batch_statistics(model: nn.Module) -> bool:
   """
   norm = getattr(model, "norm", None)
   return getattr(norm, "func", norm) is layers.BatchStatisticsNorm
+
+
+def architecture_key(config: ml_collections.ConfigDict) -> str:
+  """What ``config`` (a ``config.model`` section) builds, as a string: every key but
+  ``pretrained``, which says where weights come from, not what the network is."""
+  architecture = {k: v for k, v in config.to_dict().items() if k != "pretrained"}
+  return json.dumps(architecture, sort_keys=True, default=str)
 
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int,
