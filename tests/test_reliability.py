@@ -32,11 +32,12 @@ ARGS = ("--config=configs/exp1.py:smoke", "--config.model.name=vgg11", "--config
         "--config.eval.items_per_batch=20", "--config.eval.centres_per_chunk=7")
 
 
-def _start(run_dir: pathlib.Path, cache: pathlib.Path) -> subprocess.Popen:
-  return subprocess.Popen(
-      [sys.executable, "-m", "transinv_jax.main", *ARGS, f"--workdir={run_dir}",
-       f"--jax_cache_dir={cache}"], cwd=REPO_ROOT, env=subprocess_env(),
-      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _start(run_dir: pathlib.Path, cache: pathlib.Path, fault=None) -> subprocess.Popen:
+  flags = (*ARGS, f"--workdir={run_dir}", f"--jax_cache_dir={cache}")
+  argv = [sys.executable, "-m", "transinv_jax.main", *flags] if fault is None else [
+      sys.executable, str(REPO_ROOT / "tests" / "faults.py"), *map(str, fault), "--", *flags]
+  return subprocess.Popen(argv, cwd=REPO_ROOT, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def _records(run_dir: pathlib.Path) -> int:
@@ -86,29 +87,54 @@ def uninterrupted(tmp_path_factory, shared_data_dir):
   return root
 
 
-def test_sigkill_at_random_points_resumes_to_the_same_bits(uninterrupted):
+# Where each run is killed (tests/faults.py: at the nth such write of that process, half-way
+# through it), one run after another in one workdir. Training moves on at most n records per
+# killed run (8 in all, of 12), so every training kill lands in training; the later kills land
+# in the stage's export and record, a test, the figures, the tables and the summary.
+KILLS = (("metrics", 2), ("checkpoint", 2), ("*_digests/*.json", 1), ("tensorboard", 2),
+         ("metrics", 1), ("checkpoint", 1),
+         ("*/export/seed1/variables.npz", 1), ("*/stages/*/done.json", 1),
+         ("*/tests/*/result.json", 1), ("*/figures/*", 1), ("*/results.csv", 1),
+         ("*/summary.json", 1))
+FIRST_AFTER_TRAINING = 7  # KILLS[7:] find training over: they must not train again
+
+
+def test_sigkill_at_every_kind_of_write_resumes_to_the_same_bits(uninterrupted):
   root = uninterrupted
-  run_dir = root / "killed"
-  rng = np.random.default_rng(int(time.time()))
-  kills = sorted(rng.choice(np.arange(1, 12), size=3, replace=False))  # of 12 records
-  for count in kills:
-    proc = _start(run_dir, root / "xla_cache")
-    if _wait_for_records(proc, run_dir, count):
-      time.sleep(rng.uniform(0, 0.3))  # anywhere in the next window, a save included
-      proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+  run_dir, trained = root / "killed", None
+  for i, (where, nth) in enumerate(KILLS):
+    proc = _start(run_dir, root / "xla_cache", fault=("kill", where, nth))
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == -signal.SIGKILL and f"FAULT kill {where}" in err, (
+        i, where, proc.returncode, err[-3000:])
+    stage, = (run_dir / "stages").iterdir()
+    if i < FIRST_AFTER_TRAINING - 1:
+      assert _records(run_dir) < 12, (i, where, "training ended before its kills")
+    if i >= FIRST_AFTER_TRAINING:  # a rerun after training ends finishes without training
+      assert (stage / "metrics.jsonl").read_bytes() == trained[0], (i, where)
+      assert sorted(p.name for p in (stage / "checkpoints").iterdir()) == trained[1], (i, where)
+    if i == FIRST_AFTER_TRAINING - 1:
+      assert _records(run_dir) == 12, err[-3000:]
+      trained = ((stage / "metrics.jsonl").read_bytes(),
+                 sorted(p.name for p in (stage / "checkpoints").iterdir()))
+  assert not (run_dir / "summary.json").exists()
   proc = _start(run_dir, root / "xla_cache")
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
+  assert "taking over the lock" in err     # the killed run's lock, its process gone
   clean, resumed = _variables(root / "clean"), _variables(run_dir)
   assert sorted(clean) == sorted(resumed) and any(k.startswith("seed1/") for k in clean)
   for key in clean:
-    np.testing.assert_array_equal(clean[key], resumed[key], err_msg=f"{key} (kills {kills})")
+    np.testing.assert_array_equal(clean[key], resumed[key], err_msg=key)
   # The metrics file holds each step once, in order, with the uninterrupted run's values.
   steps = [json.loads(l)["step"] for l in
            next(run_dir.glob("stages/*/metrics.jsonl")).read_text().splitlines()]
-  assert steps == [[s, s] for s in range(5, 61, 5)], (kills, steps)
+  assert steps == [[s, s] for s in range(5, 61, 5)], steps
   _same_records(root / "clean", run_dir)
+  done = lambda d: json.loads(next(d.glob("stages/*/done.json")).read_text())
+  for key in ("steps", "stop_reason", "final_train_accuracy", "stop_block_mean"):
+    assert done(run_dir)[key] == done(root / "clean")[key], key
+  assert not list(run_dir.rglob("*.tmp[0-9]*")) and not list(run_dir.rglob("*orbax-checkpoint-tmp*"))
 
 
 def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(uninterrupted):

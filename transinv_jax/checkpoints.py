@@ -2,6 +2,7 @@
 orbax."""
 
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -46,6 +47,11 @@ class Checkpoints:
   (seconds for a VGG16 of 5 seeds with its Adam state) happen on a background thread, so a
   checkpoint pauses training only for orbax's copy of the arrays to the host.
 
+  A full disk or quota stops a save with ``workdir.DiskFull`` (one line: the folder, about how much
+  the step needs, what is kept): locally the free space is checked before orbax starts a write
+  (the newest step's size on disk), so its writer threads do not fail one by one; the first save,
+  whose size is not known yet, is tried, and orbax's failure is turned into the same error; orbax's temporary folder of a failed save is removed by the next run.
+
   ``directory`` may be local or on Cloud Storage (``gs://``): orbax takes epath paths, and writes
   the arrays through tensorstore's own GCS driver there (its file driver locally); the seals go
   through epath. On gs:// orbax marks a finished step with a commit file instead of a rename.
@@ -55,12 +61,15 @@ class Checkpoints:
     directory = epath.Path(directory)
     if workdir_lib.is_local(directory):
       directory = directory.absolute()  # tensorstore's file driver needs absolute paths
-    self._manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    # cleanup_tmp_directories: a save cut short (a kill, a full disk) leaves a temporary step
+    # folder; the next run's manager removes it.
+    self._manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=True, cleanup_tmp_directories=True))
     self.directory = directory
     self._seals = directory.with_name(directory.name + "_digests")
     self._sealer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="checkpoint-seal")
     self._sealing: concurrent.futures.Future | None = None
+    self._saving: tuple[int, int | None] = (0, None)  # the pending save's step and size
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -77,18 +86,52 @@ class Checkpoints:
     self._finish_sealing()  # the previous save is sealed (long since, normally) before the next
     if step in self._manager.all_steps():
       return
-    self._manager.save(step, args=ocp.args.StandardSave(flax.serialization.to_state_dict(state)))
+    tree = flax.serialization.to_state_dict(state)
+    needed, known = self._size_estimate(tree)
+    free = workdir_lib.free_bytes(self.directory)
+    if known and free is not None and free < needed:  # refused before orbax's threads start
+      raise workdir_lib.DiskFull(self._step_dir(step), needed)
+    try:
+      self._manager.save(step, args=ocp.args.StandardSave(tree))
+    except Exception as e:
+      self._raise_if_disk_full(e, step, needed)
+      raise
     self._sealing = self._sealer.submit(self._write_and_seal)
+    self._saving = step, needed
+
+  def _size_estimate(self, tree: Any) -> tuple[int, bool]:
+    """Bytes the next step needs, and whether that is known: the newest step's size on disk
+    with a margin for orbax's metadata; before the first step, the state's size in memory, an
+    upper bound only (orbax compresses: on disk a step took 45% of it here)."""
+    steps = self.all_steps()
+    if steps and workdir_lib.is_local(self.directory):
+      size = sum(os.path.getsize(os.path.join(folder, name))
+                 for folder, _, names in os.walk(self._step_dir(steps[-1])) for name in names)
+      return int(size * 1.05) + (1 << 20), True
+    size = sum(getattr(x, "nbytes", None) or np.asarray(x).nbytes  # no copy of device arrays
+               for x in jax.tree.leaves(tree))
+    return size + (1 << 20), False
+
+  def _raise_if_disk_full(self, e: BaseException, step: int, needed: int | None) -> None:
+    if isinstance(e, workdir_lib.DiskFull):  # the seal's own write: it names its file
+      raise e
+    if workdir_lib.is_disk_full(e):
+      raise workdir_lib.DiskFull(self._step_dir(step), needed) from None
 
   def _write_and_seal(self) -> None:
     self._manager.wait_until_finished()
     self._seal()
 
   def _finish_sealing(self) -> None:
-    """Waits for the background write and seal of the last save; raises what it raised."""
+    """Waits for the background write and seal of the last save; raises what it raised (a full
+    disk as ``DiskFull``)."""
     if self._sealing is not None:
       sealing, self._sealing = self._sealing, None
-      sealing.result()
+      try:
+        sealing.result()
+      except Exception as e:
+        self._raise_if_disk_full(e, *self._saving)
+        raise
 
   def _step_dir(self, step: int) -> epath.Path:
     return epath.Path(self._manager.directory) / str(step)
@@ -160,10 +203,32 @@ class Checkpoints:
     self._manager.wait_until_finished()
     self._seal()
 
-  def close(self) -> None:
-    self.wait()
-    self._manager.close()
-    self._sealer.shutdown()
+  def close(self, quiet: bool = False) -> None:
+    """Finishes the pending save and closes; ``quiet`` (while another error is on its way)
+    closes without raising the save's own error."""
+    try:
+      self.wait()
+    except Exception:
+      if not quiet:
+        raise
+    finally:
+      with contextlib.suppress(Exception):  # a failed save may leave orbax unable to close
+        self._manager.close()
+      self._sealer.shutdown()
+
+  def kept(self) -> str:
+    """What survives a stop here, for the stop's message."""
+    return kept(self.directory)
+
+
+def kept(directory: epath.PathLike) -> str:
+  """``the last good checkpoint (step N in <directory>) is kept``, or that none exists yet."""
+  directory = epath.Path(directory)
+  steps = sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) \
+      if directory.is_dir() else []
+  if not steps:
+    return f"no checkpoint yet in {directory}"
+  return f"the last good checkpoint (step {steps[-1]} in {directory}) is kept"
 
 def export_variables(directory: epath.PathLike, variables: Any, config: dict) -> epath.Path:
   """Writes ``variables.npz`` and ``config.json`` to ``directory``.

@@ -7,8 +7,9 @@ r"""Runs one experiment from one config file.
 On every host of a TPU VM slice, run the same command with ``--multihost``.
 
 A run is safe to interrupt: SIGTERM (a TPU VM's preemption notice) checkpoints the training stage
-and exits with status 143; rerunning the same command resumes where it stopped. A workdir that
-holds a run of another config is refused unless ``--on_config_change`` says what to do.
+and exits with status 143; rerunning the same command resumes where it stopped, as it does after
+a kill or a full disk. A workdir that holds a run of another config is refused unless
+``--on_config_change`` says what to do; one that another live run holds is refused at once.
 """
 
 import logging as std_logging
@@ -39,6 +40,14 @@ _ON_CONFIG_CHANGE = flags.DEFINE_enum(
     "When --workdir holds a run of another config: refuse (default), resume (continue the "
     "stored run with its stored config, ignoring this one), or restart (discard its results "
     "and run this config; trained stages, keyed by what determines them, are kept).")
+_ON_BUSY_STAGE = flags.DEFINE_enum(
+    "on_busy_stage", "wait", ("wait", "refuse"),
+    "When another run is training a stage this run needs (a shared --config.stage_dir): wait "
+    "for it and use its result (default), or refuse.")
+_ON_MISSING_STAGE = flags.DEFINE_enum(
+    "on_missing_stage", "train", ("train", "refuse"),
+    "A stage not finished in the stage cache: train it (into <workdir>/stages when the cache "
+    "is read-only; default), or refuse before any work (use only finished stages).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Libraries whose INFO records drown the run's own progress lines (orbax logs every file it writes).
@@ -80,7 +89,8 @@ def main(argv):
     # rounded to the devices (config_checks.fit_to_devices).
     user_set = set(config_flags.get_override_values(flags.FLAGS["config"]))
     experiment(config, _WORKDIR.value, on_config_change=_ON_CONFIG_CHANGE.value,
-               user_set=user_set)
+               user_set=user_set, on_busy_stage=_ON_BUSY_STAGE.value,
+               on_missing_stage=_ON_MISSING_STAGE.value)
   except USER_ERRORS + (pipeline.TrainingDiverged,) as e:
     sys.exit(f"error: {e}")
   except preemption.Preempted as e:

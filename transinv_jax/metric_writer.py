@@ -12,6 +12,7 @@ proto fields, so they are encoded here by hand:
 The writer never logs: the training loop's own log line is the one record of each step.
 """
 
+import contextlib
 import itertools
 import os
 import socket
@@ -20,6 +21,8 @@ import time
 from collections.abc import Mapping
 
 from etils import epath
+
+from transinv_jax import workdir as workdir_lib
 
 # CRC32C (Castagnoli), reflected polynomial: TFRecord's checksum.
 _CRC32C_POLY = 0x82F63B78
@@ -130,23 +133,32 @@ class EventWriter:
     # pid and a counter keep two writers opened in the same second from sharing a file.
     self.path = directory / (f"events.out.tfevents.{int(now)}.{socket.gethostname()}."
                              f"{os.getpid()}.{next(_FILE_NUMBERS)}")
-    self._file = self.path.open("wb")
-    self._file.write(tfrecord(event(now, file_version="brain.Event:2")))
-    self.flush()
+    # Locally each record is appended whole or not at all (workdir.append: a full disk leaves no
+    # torn record); an object store takes one open stream.
+    self._file = None if workdir_lib.is_local(self.path) else self.path.open("wb")
+    self._write(tfrecord(event(now, file_version="brain.Event:2")))
+
+  def _write(self, record: bytes) -> None:
+    if self._file is None:
+      workdir_lib.append(self.path, record)
+    else:
+      self._file.write(record)
+      self._file.flush()
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
-    """Writes one event of ``scalars`` (tag -> value) at ``step`` and flushes it."""
-    self._file.write(tfrecord(event(time.time(), step, scalars={
+    """Writes one event of ``scalars`` (tag -> value) at ``step``, flushed at once so that
+    TensorBoard shows a running stage."""
+    self._write(tfrecord(event(time.time(), step, scalars={
         tag: float(value) for tag, value in scalars.items()})))
-    # Flushed per record (one per log window) so that TensorBoard shows a running stage.
-    self.flush()
 
   def flush(self) -> None:
-    self._file.flush()
+    if self._file is not None:
+      self._file.flush()
 
   def close(self) -> None:
-    if not self._file.closed:
-      self._file.close()
+    if self._file is not None and not self._file.closed:
+      with contextlib.suppress(OSError):  # after a failed write: the error is already raised
+        self._file.close()
 
   def __enter__(self) -> "EventWriter":
     return self

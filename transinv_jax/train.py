@@ -40,10 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax.training import train_state
 from jax.sharding import Mesh
 
 from transinv_jax import sharding
+from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import locations
 
 RUNNING, STOP_ACCURACY, STOP_MAX_STEPS = 0, 1, 2
@@ -582,3 +584,17 @@ def train_loop(state: TrainState, items: Items, keys: jax.Array, *, stop: StopRu
                      final_train_accuracy=[None if np.isnan(a) else float(a) for a in accuracy],
                      seconds=seconds,
                      block_mean=[None if np.isnan(b) else float(b) for b in block_mean])
+
+
+def last_accuracies(accuracy: list[float | None], metrics: epath.PathLike) -> list[float | None]:
+  """``accuracy`` (``TrainResult.final_train_accuracy``) with each seed's None filled from the
+  last record in ``metrics`` (``metrics.jsonl``) that holds it: a run resumed after training had
+  ended (killed during its export) takes no step, but its records say how training ended."""
+  if all(a is not None for a in accuracy) or not epath.Path(metrics).exists():
+    return accuracy
+  filled = list(accuracy)
+  for record in workdir_lib.read_metrics(metrics):
+    for i, value in enumerate(record.get("train_accuracy", ())[:len(filled)]):
+      if accuracy[i] is None and value is not None and np.isfinite(value):
+        filled[i] = float(value)
+  return filled

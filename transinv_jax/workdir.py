@@ -15,10 +15,14 @@ results and runs the new config (trained stages are kept: their folders are keye
 that determines them, so a stage of the new config never reuses one it should not).
 """
 
+import contextlib
+import errno
 import importlib.util
 import io
 import json
 import os
+import re
+import shutil
 from typing import Any
 
 import jax
@@ -36,6 +40,109 @@ RESULTS = (SUMMARY, CONFIG, "progress.json", "results.csv", "results.json", "rep
 
 class WorkdirError(RuntimeError):
   """A workdir that cannot be used as it is; the message says what to do."""
+
+
+# A full disk, and a full quota: the same for a run.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFull(WorkdirError):
+  """A write found no space; the message names the folder, the space needed, what is kept.
+
+  Args:
+    path: the file that could not be written.
+    needed: roughly how many bytes the write needed (None if unknown).
+    kept: what of the run is safe ("the last good checkpoint (step 40 in ...) is kept").
+  """
+
+  def __init__(self, path: epath.PathLike, needed: int | None, kept: str = ""):
+    self.path, self.needed, self.kept = epath.Path(path), needed, kept
+    self.free = free_bytes(self.path.parent)
+    need = f"needs about {format_bytes(needed)}" if needed else "needs more"
+    free = f", {format_bytes(self.free)} free" if self.free is not None else ""
+    super().__init__(
+        f"no space left in {self.path.parent} (writing {self.path.name} {need}{free})"
+        f"{'; ' + kept if kept else ''}; free some space (or raise the quota) and rerun the "
+        "same command: it resumes where it stopped")
+
+  def keeping(self, kept: str) -> "DiskFull":
+    """The same error, saying what is kept (the first caller that knows says it)."""
+    return self if self.kept else DiskFull(self.path, self.needed, kept)
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+  """Whether ``e`` or an error it came from is a full disk or quota (libraries wrap it)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, DiskFull) or (isinstance(e, OSError) and e.errno in NO_SPACE):
+      return True
+    if re.search(r"No space left on device|Disk quota exceeded|RESOURCE_EXHAUSTED: .*space",
+                 str(e)):
+      return True
+    e = e.__cause__ or e.__context__
+  return False
+
+
+def free_bytes(directory: epath.PathLike) -> int | None:
+  """Bytes this process may still write under ``directory`` (its nearest existing parent); None
+  off this machine (an object store has no such number)."""
+  if not is_local(directory):
+    return None
+  path = os.path.abspath(os.fspath(directory))
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  try:
+    return shutil.disk_usage(path).free
+  except OSError:
+    return None
+
+
+def format_bytes(n: int | None) -> str:
+  if n is None:
+    return "?"
+  for unit in ("bytes", "KB", "MB", "GB"):
+    if n < 1024 or unit == "GB":
+      return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    n /= 1024
+  return f"{n:.1f} TB"
+
+
+def is_writable(directory: epath.PathLike) -> bool:
+  """Whether this process may write in ``directory`` (its nearest existing parent): False on a
+  read-only mount. Object stores say so only on a write, so they count as writable here."""
+  if not is_local(directory):
+    return True
+  path = os.path.abspath(os.fspath(directory))
+  while not os.path.exists(path) and os.path.dirname(path) != path:
+    path = os.path.dirname(path)
+  return os.access(path, os.W_OK)
+
+
+# What an interrupted write leaves: write_bytes_atomic's temporary files and an unlinked lock's
+# temporary copy (locks.py). Orbax cleans its own temporary step folders.
+_LEFTOVER = re.compile(r"^\..+\.tmp\d+$|^\.lock\.json\.(stale\.)?[0-9a-f]{32}$")
+
+
+def remove_leftovers(directory: epath.PathLike, skip: tuple[str, ...] = ()) -> int:
+  """Deletes the temporary files of interrupted writes under ``directory`` (a local one), except
+  under the folders named in ``skip``; call it only while holding the folder's lock.
+
+  Returns:
+    How many files were removed.
+  """
+  if not is_local(directory) or not os.path.isdir(directory):
+    return 0
+  removed = 0
+  for folder, dirs, names in os.walk(directory):
+    dirs[:] = [d for d in dirs if d not in skip]
+    for name in names:
+      if _LEFTOVER.match(name):
+        os.unlink(os.path.join(folder, name))
+        removed += 1
+  if removed:
+    logging.info("removed %d temporary file(s) of an interrupted run in %s", removed, directory)
+  return removed
 
 
 def is_local(path: epath.PathLike) -> bool:
@@ -219,11 +326,23 @@ def write_bytes_atomic(path: epath.PathLike, data: bytes) -> None:
     path.write_bytes(data)
     return
   tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-  with open(tmp, "wb") as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    _write_file(tmp, data)
+  except OSError as e:
+    tmp.unlink(missing_ok=True)  # never half a file left behind
+    if e.errno in NO_SPACE:
+      raise DiskFull(path, len(data)) from None
+    raise
   os.replace(tmp, path)
+
+
+def _write_file(path: epath.Path, data: bytes) -> None:
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+  try:
+    _write_all(fd, data)
+    os.fsync(fd)
+  finally:
+    os.close(fd)
 
 
 def _to_builtin(x: Any) -> Any:
@@ -273,9 +392,9 @@ class MetricsWriter:
       return
     if keep_until is None and self._lines is None:
       return
-    kept = [line for line in self._path.read_text().splitlines() if line.strip()]
+    kept = [line for line in self._path.read_text().splitlines() if _record(line) is not None]
     if keep_until is not None:
-      kept = [line for line in kept if _last_step(json.loads(line)) <= keep_until]
+      kept = [line for line in kept if _last_step(_record(line)) <= keep_until]
       write_bytes_atomic(self._path, "".join(line + "\n" for line in kept).encode())
     if self._lines is not None:
       self._lines = kept
@@ -288,14 +407,47 @@ class MetricsWriter:
       self._lines.append(line)
       write_bytes_atomic(self._path, "".join(l + "\n" for l in self._lines).encode())
       return
-    with open(self._path, "a") as f:
-      f.write(line + "\n")
+    append(self._path, (line + "\n").encode())
+
+
+def append(path: epath.PathLike, data: bytes) -> None:
+  """Appends ``data`` to a local file, whole or not at all: on a failed write (a full disk) the
+  file is cut back to its old length, so a reader never meets half a record."""
+  fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+  try:
+    size = os.fstat(fd).st_size
+    try:
+      _write_all(fd, data)
+    except OSError as e:
+      with contextlib.suppress(OSError):
+        os.ftruncate(fd, size)
+      if e.errno in NO_SPACE:
+        raise DiskFull(path, len(data)) from None
+      raise
+  finally:
+    os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+  view = memoryview(data)
+  while view:
+    view = view[os.write(fd, view):]
 
 
 def _last_step(record: dict) -> int:
   return int(np.max(record.get("step", 0)))
 
 
+def _record(line: str) -> dict | None:
+  """One line's record; None for a blank line or the torn last line of a killed writer."""
+  try:
+    record = json.loads(line)
+  except ValueError:
+    return None
+  return record if isinstance(record, dict) else None
+
+
 def read_metrics(path: epath.PathLike) -> list[dict]:
   """The records of a ``metrics.jsonl`` file."""
-  return [json.loads(line) for line in epath.Path(path).read_text().splitlines() if line.strip()]
+  return [r for line in epath.Path(path).read_text().splitlines()
+          if (r := _record(line)) is not None]

@@ -33,7 +33,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from transinv_jax import checkpoints, config_checks, finetune, kernel, models, sharding
+from transinv_jax import checkpoints, config_checks, finetune, kernel, locks, models, sharding
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import inputs
 from transinv_jax.experiments import diagnostics, spec, stages
@@ -172,7 +172,8 @@ def load_network(config: ml_collections.ConfigDict, platform: str) -> Network:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse",
-        user_set: Collection[str] = ()) -> dict:
+        user_set: Collection[str] = (), on_busy_stage: str = "wait",
+        on_missing_stage: str = "train") -> dict:
   """Measures the network of ``config.checkpoint``; see the module docstring.
 
   Every check (the checkpoint, the resolved config, the data files) runs before any file is
@@ -184,12 +185,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
     on_config_change: when ``workdir`` holds a run of another config (``workdir.py``).
     user_set: the keys set on the command line; the device-split sizes among the others are
       rounded to the devices (``config_checks.fit_to_devices``).
+    on_busy_stage, on_missing_stage: accepted for the command line's sake; diagnose trains no
+      stage (it reads finished ones only).
 
   Returns:
     The summary (also in ``workdir/summary.json``).
   """
+  del on_busy_stage, on_missing_stage
   # A gs:// (non-local) workdir is proven writable here, before any other work.
   workdir = workdir_lib.check_usable(workdir)
+  locks.check_free(workdir)
   config = stages.workdir_config(config, workdir, on_config_change)
   mesh = sharding.make_mesh()
   platform = jax.default_backend()
@@ -205,6 +210,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
                                     f"{config.checkpoint})") from None
   d = flat.data
   item_set = inputs.load_items(d, config.split, flat.eval.invariance_items)
+  with locks.holding(workdir, f"diagnose {config.checkpoint} in {workdir}"):
+    return _measure(config, workdir, mesh, platform, network, item_set)
+
+
+def _measure(config, workdir, mesh, platform, network: Network, item_set) -> dict:
+  flat, d = network.flat, network.flat.data
   finished = workdir_lib.prepare(json.loads(config.to_json_best_effort()), workdir)
   if finished is not None:
     logging.info("%s already holds a finished run; nothing to do", workdir)

@@ -33,13 +33,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import logging
-from etils import epath
 
-from transinv_jax import checkpoints, config_checks, finetune, kernel, metric_writer, models
-from transinv_jax import preemption, progress, sharding, train
+from transinv_jax import checkpoints, config_checks, finetune, kernel, locks, metric_writer
+from transinv_jax import models, preemption, progress, sharding, train
 from transinv_jax import workdir as workdir_lib
 from transinv_jax.data import inputs, sources
-from transinv_jax.experiments import kinds, reports, spec, stages
+from transinv_jax.experiments import kinds, preflight, reports, spec, stage_store, stages
 from transinv_jax.experiments.kinds import TestContext, TrainedStage
 from transinv_jax.models import pretrained
 
@@ -51,11 +50,13 @@ class TrainingDiverged(RuntimeError):
 class Pipeline:
   """Runs one experiment config in one workdir; every result is cached on disk."""
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh):
+  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, mesh,
+               on_busy_stage: str = "wait", on_missing_stage: str = "train"):
     self.config, self.workdir, self.mesh = config, workdir, mesh
-    # Local or gs:// (epath): run() has checked that a non-local one can be written.
-    self.stage_dir = epath.Path(config.stage_dir) if config.stage_dir else workdir / "stages"
     self.seeds = [config.seed + i for i in range(config.num_seeds)]
+    # The stage folders (config.stage_dir or <workdir>/stages; local or gs://) and their locks.
+    self.store = stage_store.StageStore(config, workdir, mesh, self.seeds, on_busy_stage,
+                                        on_missing_stage)
     self.platform = jax.default_backend()
     self._stages: dict[str, TrainedStage] = {}
     self._items: dict[tuple, tuple[sources.ItemSet, train.Items]] = {}
@@ -94,26 +95,18 @@ class Pipeline:
     """The stage's trained network: from the cache, or trained now (its parent first)."""
     if name in self._stages:
       return self._stages[name]
-    flat, entry = stages.stage_config(self.config, name), self.config.stages[name]
-    directory = self.stage_dir / stages.stage_key(self.config, name)
-    summary = workdir_lib.read_json(directory / "done.json", f"stage {name}'s record")
-    if summary is not None:
-      try:
-        variables = [checkpoints.load_exported(directory / "export" / f"seed{s}")[0]
-                     for s in self.seeds]
-      except checkpoints.CheckpointError as e:
-        logging.warning("stage %s: %s; finishing the stage again from its checkpoints", name, e)
-        summary = None
-    if summary is not None:
-      variables = jax.tree.map(lambda *xs: np.stack(xs), *variables)
-      logging.info("stage %s: finished earlier, loaded from %s", name, directory)
-      result = TrainedStage(jax.device_put(variables, sharding.replicated(self.mesh)),
-                            np.asarray(summary["mean"], np.float32),
-                            np.asarray(summary["std"], np.float32), summary["num_classes"],
-                            summary)
-    else:
-      parent = self.stage(entry.parent) if entry.parent else None
-      result = self._train_stage(name, flat, entry, directory, parent)
+    result = self.store.load(name)
+    if result is None:
+      with self.store.training(name) as result:  # another run may finish it while this waits
+        if result is None:
+          entry = self.config.stages[name]
+          parent = self.stage(entry.parent) if entry.parent else None
+          directory = self.store.directory(name)
+          try:
+            result = self._train_stage(name, stages.stage_config(self.config, name), entry,
+                                       directory, parent)
+          except workdir_lib.DiskFull as e:  # its record or export: redone from a checkpoint
+            raise e.keeping(checkpoints.kept(directory / "checkpoints")) from None
     self._stages[name] = result
     self.report(stages_done=self.progress["stages_done"] + 1)
     return result
@@ -172,7 +165,8 @@ class Pipeline:
     else:
       result = self._run_training(name, index, flat, state, train_items, data_keys,
                                   train_set.num_classes, mean, std, directory)
-    reasons, steps, accuracy = result.stop_reason, result.steps, result.final_train_accuracy
+    reasons, steps = result.stop_reason, result.steps
+    accuracy = train.last_accuracies(result.final_train_accuracy, directory / "metrics.jsonl")
     for i, seed in enumerate(self.seeds):
       checkpoints.export_variables(directory / "export" / f"seed{seed}",
                                    kernel.seed_variables(result.state.variables, i),
@@ -208,8 +202,12 @@ class Pipeline:
                       ckpts.directory)
     # Records written after the restored step by an interrupted run are dropped: the resumed run
     # writes them again (the same values: every step is a function of the seed and its number).
-    writer = workdir_lib.MetricsWriter(directory / "metrics.jsonl", keep_until=start_step)
-    board = metric_writer.create(directory / "tensorboard", active=workdir_lib.is_writer())
+    try:
+      writer = workdir_lib.MetricsWriter(directory / "metrics.jsonl", keep_until=start_step)
+      board = metric_writer.create(directory / "tensorboard", active=workdir_lib.is_writer())
+    except workdir_lib.DiskFull as e:
+      ckpts.close(quiet=True)
+      raise e.keeping(ckpts.kept()) from None
     bar = progress.Bar()  # drawn only where stderr is a terminal
     total = len(self.order)
 
@@ -242,6 +240,7 @@ class Pipeline:
 
     logging.info("[stage %d/%d %s] training on %s (%s), %d seed(s)", index, total, name,
                  d.dataset, d.train_location, len(self.seeds))
+    finished = False
     try:
       result = train.train_loop(
           state, train_items, data_keys,
@@ -251,6 +250,7 @@ class Pipeline:
           seeds_mode=self.config.get("seeds_mode", "sequential"),
           should_stop=preemption.requested, render=self._render(d, mean, std),
           sampler=inputs.make_sampler(d, num_classes), batch_size=t.batch_size, mesh=self.mesh)
+      finished = True
     except train.StopRequested as e:
       raise preemption.Preempted(f"stage {name}, checkpointed at step {e.step}") from None
     except train.Diverged as e:
@@ -260,10 +260,15 @@ class Pipeline:
           f"({f'step {kept[-1]}' if kept else 'none yet'}) is kept in {ckpts.directory}. Lower "
           f"config.train.learning_rate (now {t.learning_rate}) or check the data; a changed "
           "config trains the stage afresh in a new folder") from None
+    except workdir_lib.DiskFull as e:  # metrics, events or a checkpoint
+      raise e.keeping(ckpts.kept()) from None
     finally:
       bar.clear()
-      ckpts.close()
       board.close()
+      try:
+        ckpts.close(quiet=not finished)  # waits for the last save's write and seal
+      except workdir_lib.DiskFull as e:
+        raise e.keeping(ckpts.kept()) from None
     return result
 
   # -- tests
@@ -320,49 +325,15 @@ class Pipeline:
     return summary
 
 
-def check_inputs(pipeline: Pipeline) -> None:
-  """Loads every split the run needs, builds every sampler, and fits every pretrained file to
-  its model, so that a missing file or a bad layout stops the run before anything is written."""
-  config = pipeline.config
-  for name in pipeline.order:
-    flat = stages.stage_config(config, name)
-    train_set, _ = pipeline.items(flat.data, "train", flat.data.max_train_items)
-    try:
-      inputs.make_sampler(flat.data, train_set.num_classes)
-    except ValueError as e:
-      raise config_checks.ConfigError(
-          f"stage {name}: config.data.train_location={flat.data.train_location!r}, "
-          f"layout={flat.data.layout!r}: {e}") from None
-    d = flat.data
-    if stages.keeps_file_head(config.stages[name]):
-      try:
-        stages.imported_network(flat.model.pretrained, flat.model,
-                                (1, d.canvas_size, d.canvas_size, d.channels), pipeline.platform)
-      except pretrained.PretrainedError as e:
-        raise pretrained.PretrainedError(e.detail, flat.model.pretrained) from None
-      except ValueError as e:
-        raise config_checks.ConfigError(
-            f"stage {name} measures the network of {flat.model.pretrained} as it is, which "
-            f"needs its output layer: {e}") from None
-    elif flat.model.pretrained:
-      model = models.build_model(flat.model, train_set.num_classes, pipeline.platform)
-      target = pretrained.abstract_target(model, (1, d.canvas_size, d.canvas_size, d.channels))
-      pretrained.load_pretrained(flat.model.pretrained, flat.model.name,
-                                 jax.tree.map(lambda x: x[None], target))  # one seed shows the fit
-  for name in config.tests:
-    flat = stages.test_config(config, name)
-    pipeline.items(flat.data, stages.test_split(config.tests[name]),
-                   stages.test_max_items(config, name, flat))
-    if config.tests[name].kind == "similarity":  # its normalisation: the items' training canvases
-      pipeline.items(flat.data, "train", flat.data.max_train_items)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str = "refuse",
-        user_set: Collection[str] = ()) -> dict:
+        user_set: Collection[str] = (), on_busy_stage: str = "wait",
+        on_missing_stage: str = "train") -> dict:
   """Runs (or resumes, or finds finished) the experiment that ``config`` describes.
 
   Every check (each stage's and test's config, data files, pretrained weights, an existing
-  workdir's config) runs before any file is written.
+  workdir's config, a run already working in ``workdir``) runs before any file is written.
+  The run holds ``workdir``'s lock to its end (``locks.py``), and each stage folder's while it
+  trains that stage (``stage_store.py``).
 
   Args:
     config: an experiment config (see spec.py and configs/).
@@ -371,12 +342,21 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
       (run the stored config) or ``restart`` (see ``workdir.py``).
     user_set: the keys set on the command line; the device-split sizes among the others are
       rounded to the devices (``fit_to_devices``).
+    on_busy_stage: when another run trains a stage this one needs: ``wait`` for it and use its
+      result, or ``refuse``.
+    on_missing_stage: a stage not finished in the stage cache: ``train`` it (into the run's own
+      folder when the cache is read-only), or ``refuse`` before any work.
 
   Returns:
     The experiment's summary (also in ``workdir/summary.json``).
+
+  Raises:
+    locks.Held: another live run holds ``workdir`` (or, with ``refuse``, a needed stage).
+    workdir.DiskFull: no space for a write; the message says what is kept. A rerun resumes.
   """
   # A gs:// (non-local) workdir is proven writable here, before any other work.
   workdir = workdir_lib.check_usable(workdir)
+  locks.check_free(workdir)  # a second run on a live workdir stops before loading anything
   config = spec.resolve_stand_in(config)  # --config.imagenet_folder, or the stand-in, said so
   chosen = stages.workdir_config(config, workdir, on_config_change)
   if chosen is not config:  # the stored run's config: no command-line keys apply
@@ -387,12 +367,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, on_config_change: str =
   # The workdir keeps the config as given; what runs fits the devices at hand.
   fitted = stages.fit_to_devices(config, mesh.size, user_set)
   stages.check(fitted, mesh.size)
-  pipeline = Pipeline(fitted, workdir, mesh)
-  check_inputs(pipeline)
+  pipeline = Pipeline(fitted, workdir, mesh, on_busy_stage, on_missing_stage)
+  preflight.check_inputs(pipeline)
+  pipeline.store.check_available(list(fitted.tests))
+  with locks.holding(workdir, f"run {config.experiment} in {workdir}"):
+    try:
+      return _run_locked(config, fitted, workdir, pipeline)
+    except workdir_lib.DiskFull as e:  # tests, tables, figures, summary: nothing to redo
+      raise e.keeping("every finished stage and test is kept") from None
+
+
+def _run_locked(config, fitted, workdir, pipeline: Pipeline) -> dict:
   finished = workdir_lib.prepare(stages.as_dict(config), workdir)
   if finished is not None:
     logging.info("%s already holds a finished run; nothing to do", workdir)
     return finished
+  if workdir_lib.is_writer():  # an interrupted write's temporary files (stages: their own lock)
+    workdir_lib.remove_leftovers(workdir, skip=("stages",))
   # What each stage and test runs with (config.json keeps the config as given, mostly None in
   # the stage and test sections); for reading, never compared on a rerun.
   resolved = spec.resolved(fitted)
