@@ -83,6 +83,16 @@ def tiny_config(arg: str = "smoke", experiment: str = "exp1"):
   return config
 
 
+def exported_variables(run_dir) -> dict:
+  """Every seed's exported variables of a run, under ``seed<s>/<name>``."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  out = {}
+  for path in sorted(pathlib.Path(run_dir).glob("stages/*/export/seed*/variables.npz")):
+    with np.load(path) as f:
+      out.update({f"{path.parent.name}/{k}": f[k] for k in f.files})
+  return out
+
+
 def only_result(summary: dict) -> dict:
   """The one test's row of a one-cell run's summary."""
   assert len(summary["results"]) == 1, summary["results"]

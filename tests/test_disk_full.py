@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import faults
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, exported_variables, subprocess_env
 
 STEPS = "--config.train.max_steps=60"  # 12 records: room for every training fault below
 
@@ -25,16 +25,8 @@ def _run(run_dir, cache, fault=None, extra=()):
   return proc.returncode, proc.stderr
 
 
-def _variables(run_dir: pathlib.Path) -> dict:
-  out = {}
-  for path in sorted(run_dir.glob("stages/*/export/seed*/variables.npz")):
-    with np.load(path) as f:
-      out.update({f"{path.parent.name}/{k}": f[k] for k in f.files})
-  return out
-
-
 def _assert_same_run(clean: pathlib.Path, resumed: pathlib.Path) -> None:
-  a, b = _variables(clean), _variables(resumed)
+  a, b = exported_variables(clean), exported_variables(resumed)
   assert sorted(a) == sorted(b) and any(k.startswith("seed1/") for k in a)
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)

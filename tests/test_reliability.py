@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, subprocess_env, tiny_config
+from conftest import REPO_ROOT, exported_variables, subprocess_env, tiny_config
 from transinv_jax import checkpoints, preemption, sharding, train, workdir
 from transinv_jax.data import canvas, locations
 from transinv_jax.experiments import pipeline
@@ -68,15 +68,6 @@ def _same_records(a: pathlib.Path, b: pathlib.Path) -> None:
   assert results(a) == results(b)
 
 
-def _variables(run_dir: pathlib.Path) -> dict:
-  """Every seed's exported variables, under ``seed<s>/<name>``."""
-  out = {}
-  for path in sorted(run_dir.glob("stages/*/export/seed*/variables.npz")):
-    with np.load(path) as f:
-      out.update({f"{path.parent.name}/{k}": f[k] for k in f.files})
-  return out
-
-
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, shared_data_dir):
   del shared_data_dir
@@ -122,7 +113,7 @@ def test_sigkill_at_every_kind_of_write_resumes_to_the_same_bits(uninterrupted):
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert "taking over the lock" in err     # the killed run's lock, its process gone
-  clean, resumed = _variables(root / "clean"), _variables(run_dir)
+  clean, resumed = exported_variables(root / "clean"), exported_variables(run_dir)
   assert sorted(clean) == sorted(resumed) and any(k.startswith("seed1/") for k in clean)
   for key in clean:
     np.testing.assert_array_equal(clean[key], resumed[key], err_msg=key)
@@ -134,7 +125,8 @@ def test_sigkill_at_every_kind_of_write_resumes_to_the_same_bits(uninterrupted):
   done = lambda d: json.loads(next(d.glob("stages/*/done.json")).read_text())
   for key in ("steps", "stop_reason", "final_train_accuracy", "stop_block_mean"):
     assert done(run_dir)[key] == done(root / "clean")[key], key
-  assert not list(run_dir.rglob("*.tmp[0-9]*")) and not list(run_dir.rglob("*orbax-checkpoint-tmp*"))
+  assert not list(run_dir.rglob("*.tmp[0-9]*"))
+  assert not list(run_dir.rglob("*orbax-checkpoint-tmp*"))
 
 
 def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(uninterrupted):
@@ -156,7 +148,7 @@ def test_sigterm_checkpoints_exits_143_and_the_rerun_resumes(uninterrupted):
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   assert f"resuming from the checkpoint of step {step}" in err
-  clean, resumed = _variables(root / "clean"), _variables(run_dir)
+  clean, resumed = exported_variables(root / "clean"), exported_variables(run_dir)
   for key in clean:
     np.testing.assert_array_equal(clean[key], resumed[key], err_msg=key)
   _same_records(root / "clean", run_dir)

@@ -50,7 +50,8 @@ class Checkpoints:
   A full disk or quota stops a save with ``workdir.DiskFull`` (one line: the folder, about how much
   the step needs, what is kept): locally the free space is checked before orbax starts a write
   (the newest step's size on disk), so its writer threads do not fail one by one; the first save,
-  whose size is not known yet, is tried, and orbax's failure is turned into the same error; orbax's temporary folder of a failed save is removed by the next run.
+  whose size is not known yet, is tried, and orbax's failure is turned into the same error;
+  orbax's temporary folder of a failed save is removed by the next run.
 
   ``directory`` may be local or on Cloud Storage (``gs://``): orbax takes epath paths, and writes
   the arrays through tensorstore's own GCS driver there (its file driver locally); the seals go

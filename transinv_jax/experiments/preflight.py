@@ -10,8 +10,12 @@ from transinv_jax.models import pretrained
 
 
 def check_inputs(pipeline) -> None:
-  """``pipeline`` (a ``pipeline.Pipeline``) loads every split the run needs, builds every sampler, and fits every pretrained file to
-  its model, so that a missing file or a bad layout stops the run before anything is written."""
+  """Loads every split the run needs, builds every sampler, and fits every pretrained file to its
+  model, so that a missing file or a bad layout stops the run before anything is written.
+
+  Args:
+    pipeline: the run's ``pipeline.Pipeline`` (its config, stage order and item cache).
+  """
   config = pipeline.config
   for name in pipeline.order:
     flat = stages.stage_config(config, name)
