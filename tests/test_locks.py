@@ -5,6 +5,7 @@ import collections
 import json
 import os
 import pathlib
+import re
 import socket
 import subprocess
 import sys
@@ -49,14 +50,21 @@ def test_a_held_lock_names_its_holder_and_what_to_do(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left
 
 
-@pytest.mark.parametrize("holder,reason", [
-    (dict(pid=None), "its process .* is gone"),
-    (dict(start_time="1"), f"pid {os.getpid()} now belongs to another process"),
-    (dict(host="elsewhere", heartbeat=time.time() - 1000), r"no heartbeat for \d+ s"),
-])
-def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, holder, reason, caplog):
-  if holder.get("pid", 0) is None:
-    holder["pid"] = _dead_pid()
+# Holders are built inside the test: values read at collection (a pid, the clock) would differ
+# between xdist workers, which must collect the same tests.
+_STALE_HOLDERS = {
+    "dead pid": (lambda: dict(pid=_dead_pid()), lambda: "its process .* is gone"),
+    "reused pid": (lambda: dict(start_time="1"),
+                   lambda: f"pid {os.getpid()} now belongs to another process"),
+    "silent host": (lambda: dict(host="elsewhere", heartbeat=time.time() - 1000),
+                    lambda: r"no heartbeat for \d+ s"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_STALE_HOLDERS))
+def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, case, caplog):
+  make_holder, make_reason = _STALE_HOLDERS[case]
+  holder, reason = make_holder(), make_reason()
   stale = _holder(**holder)
   (tmp_path / locks.LOCK).write_text(json.dumps(stale))
   assert locks.why_stale(stale) is not None
@@ -65,7 +73,7 @@ def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, holder, reason, cap
   try:
     assert json.loads((tmp_path / locks.LOCK).read_text())["token"] == lock.token
     assert "taking over the lock of" in caplog.text
-    assert any(__import__("re").search(reason, r.getMessage()) for r in caplog.records)
+    assert any(re.search(reason, r.getMessage()) for r in caplog.records)
   finally:
     lock.release()
 
