@@ -144,7 +144,8 @@ VARIANTS = {
 
 
 def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 1,
-                  seeds_mode: str = "sequential", batch: int | None = None):
+                  seeds_mode: str = "sequential", batch: int | None = None,
+                  count_flops: bool = False):
   """Seconds per training step of VGG16 with ``model_knobs``; also the state, model and render.
 
   Args:
@@ -156,9 +157,11 @@ def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 1,
     seeds: seeds trained side by side, each on its own batch.
     seeds_mode: how (``train.SEEDS_MODES``); a step is one step of every seed.
     batch: the global batch of one seed (default ``--batch``).
+    count_flops: also compile one seed's step alone for XLA's FLOP count (a compile more).
 
   Returns:
-    ``(seconds per step, final state [seeds, ...], model, render, XLA FLOPs of one seed's step)``.
+    ``(seconds per step, final state [seeds, ...], model, render, XLA FLOPs of one seed's step
+    or None)``.
   """
   batch = batch or args.batch
   config = models.default_config()
@@ -174,9 +177,11 @@ def time_training(model_knobs: dict, args, items, mesh, dtype, seeds: int = 1,
                      stop=train.StopRule(1.1, 0, 10**9))
   # XLA's own FLOP count of one seed's compiled step: variants that do more work (full padding
   # grows every map) are judged by the FLOP rate they reach, not only by images per second.
-  one_seed = jax.tree.map(lambda x: x[0], state)
-  flops = jax.jit(functools.partial(train.train_steps, num_steps=1, **step_kwargs)).lower(
-      one_seed, items, keys[1, 0]).compile().cost_analysis().get("flops", float("nan"))
+  flops = None
+  if count_flops:
+    one_seed = jax.tree.map(lambda x: x[0], state)
+    flops = jax.jit(functools.partial(train.train_steps, num_steps=1, **step_kwargs)).lower(
+        one_seed, items, keys[1, 0]).compile().cost_analysis().get("flops", float("nan"))
   runner = train.SeedsRunner(seeds_mode, state, items, keys[1], scan_steps=1, **step_kwargs)
   running = np.ones(seeds, bool)
 
@@ -306,7 +311,8 @@ def main():
   items = jax.device_put(host_items, sharding.replicated(mesh))
   profile = (jax.profiler.trace(args.profile) if args.profile else contextlib.nullcontext())
   with profile:
-    seconds_per_step, state, model, render, flops = time_training({}, args, items, mesh, dtype)
+    seconds_per_step, state, model, render, flops = time_training({}, args, items, mesh, dtype,
+                                                                   count_flops=True)
     sweep_seconds, axis, test, centres = time_sweep(args, state, model, render, items, mesh)
 
   kind = jax.devices()[0].device_kind
@@ -365,7 +371,8 @@ def main():
     timings = {"plain": (seconds_per_step, flops, forward)}
     for name, knobs in VARIANTS.items():
       if knobs:
-        seconds, _, variant, _, variant_flops = time_training(knobs, args, items, mesh, dtype)
+        seconds, _, variant, _, variant_flops = time_training(knobs, args, items, mesh, dtype,
+                                                               count_flops=True)
         timings[name] = (seconds, variant_flops,
                          forward_flops_per_image(variant, args.batch, args.canvas, 3, dtype))
     result["variants"] = {

@@ -4,7 +4,6 @@ that stop before any work with the config key and the fix."""
 import functools
 import http.server
 import json
-import shutil
 import subprocess
 import sys
 import threading
@@ -119,26 +118,6 @@ def test_rerun_of_a_finished_run_does_nothing(smoke_run):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "already holds a finished run" in proc.stderr
   assert (_stage(workdir) / "metrics.jsonl").read_text() == before
-
-
-def test_resume_after_a_crash_reproduces_the_run(smoke_run, tmp_path):
-  workdir, args = smoke_run
-  crashed = tmp_path / "crashed"
-  shutil.copytree(workdir, crashed)
-  # A crash between the checkpoints at 200 and 400: no later checkpoint, no results.
-  stage = _stage(crashed)
-  for path in (crashed / "summary.json", crashed / "tests", stage / "export",
-               stage / "done.json", stage / "checkpoints" / "400"):
-    shutil.rmtree(path) if path.is_dir() else path.unlink()
-  proc = main(args[0], f"--workdir={crashed}", args[2])
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "resuming from the checkpoint of step 200" in proc.stderr
-  first, again = read_test_record(workdir), read_test_record(crashed)
-  assert again["stage_steps"] == [400]
-  assert again["accuracy_along_trained_row"] == first["accuracy_along_trained_row"]
-  test = "tests/vanilla_mnist/sweep.npz"
-  with np.load(workdir / test) as a, np.load(crashed / test) as b:
-    np.testing.assert_array_equal(a["correct"], b["correct"])
 
 
 @pytest.mark.parametrize("change,key", [

@@ -121,13 +121,15 @@ def test_zhang_blur_pooling_is_more_consistent(shared_data_dir, tmp_path):
   config.eval.invariance_items = 48
   config.eval.max_shift = 4
   config.eval.consistency_offset = 8
-  config.eval.consistency_pairs = 4
+  config.eval.consistency_pairs = 32
   config.eval.items_per_batch = 48
   summary = pipeline.run(config, str(tmp_path))
   consistency = {r["test"]: r["consistency"] for r in summary["results"]}
   _report("zhang", max=consistency["max"], blur=consistency["avg"])
-  # Measured: see README (48 items x 4 pairs of offsets in [0, 8)).
-  assert consistency["avg"] >= consistency["max"] + 0.05
+  # Measured: see README (48 items x 32 pairs of offsets in [0, 8)): a difference of 0.065, and
+  # 0.068 with 16 pairs; 1536 pairs give it a standard error near 0.008. With 4 pairs the trained
+  # blur network's rounding (AVX2 against AVX-512 CPUs) moved it from 0.068 to 0.036.
+  assert consistency["avg"] >= consistency["max"] + 0.04
 
 
 def test_kayhan_full_convolution_is_no_less_data_efficient(shared_data_dir, tmp_path):

@@ -91,7 +91,9 @@ def test_zero_displacement_is_one_for_every_layer(tiny_vgg):
   result = similarity.cosine_similarity(net, _seed(variables, 1), _items(), render=_render(),
                                         base_centre=BASE, centres=np.array([BASE, BASE]))
   assert result.layers[0] == "conv1_1" and result.layers[-1] == "fc7"
-  np.testing.assert_allclose(result.per_item, 1.0, atol=1e-6)
+  # The base maps and the displaced ones come from two compiled programs, whose convolutions
+  # round differently: 1 - 4.6e-6 seen on an AVX2 CPU (within 1e-6 on AVX-512 ones).
+  np.testing.assert_allclose(result.per_item, 1.0, atol=1e-5)
 
 
 def test_stacked_seeds_give_each_seed_alone(tiny_vgg):
