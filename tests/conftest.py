@@ -40,26 +40,6 @@ jax.config.update("jax_compilation_cache_dir", XLA_CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
-# The files that take minutes on 2 cores, longest first (``--durations``, 2026-12-02). Under
-# ``-n 2 --dist loadfile`` pytest-xdist hands whole files to the workers in the order collected;
-# its default order (most tests first) left these few-test files to the end, one worker busy
-# with them while the other idled. Longest first keeps both busy to the end.
-SLOW_FILES = ("test_findings.py", "test_benchmarks.py", "test_reliability.py", "test_disk_full.py",
-              "test_cli.py", "test_zoo.py", "test_pipeline.py", "test_seeds.py",
-              "test_device_check.py", "test_diagnose.py", "test_bf16.py", "test_locks.py",
-              "test_platforms.py")
-
-
-def pytest_configure(config):
-  if hasattr(config.option, "loadscopereorder"):
-    config.option.loadscopereorder = False  # keep the order below (the controller schedules)
-
-
-def pytest_collection_modifyitems(items):
-  rank = {name: i for i, name in enumerate(SLOW_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: file order kept
-
-
 def shared_data_path() -> pathlib.Path:
   env = os.environ.get("TRANSINV_JAX_DATA")
   return pathlib.Path(env) if env else REPO_ROOT.parent / "shared" / "data"
