@@ -128,7 +128,7 @@ def test_zhang_blur_pooling_is_more_consistent(shared_data_dir, tmp_path):
   _report("zhang", max=consistency["max"], blur=consistency["avg"])
   # Measured: see README (48 items x 32 pairs of offsets in [0, 8)): a difference of 0.065, and
   # 0.068 with 16 pairs; 1536 pairs give it a standard error near 0.008. With 4 pairs the trained
-  # blur network's rounding (AVX2 against AVX-512 CPUs) moved it from 0.068 to 0.036.
+  # blur network's rounding (another CPU) moved it from 0.068 to 0.036.
   assert consistency["avg"] >= consistency["max"] + 0.04
 
 

@@ -52,19 +52,18 @@ def test_a_held_lock_names_its_holder_and_what_to_do(tmp_path):
 
 # Holders are built inside the test: values read at collection (a pid, the clock) would differ
 # between xdist workers, which must collect the same tests.
-_STALE_HOLDERS = {
-    "dead pid": (lambda: dict(pid=_dead_pid()), lambda: "its process .* is gone"),
-    "reused pid": (lambda: dict(start_time="1"),
-                   lambda: f"pid {os.getpid()} now belongs to another process"),
+_STALE_HOLDERS = {  # case: (the holder's fields, the reason logged; {pid}: this process's)
+    "dead pid": (lambda: dict(pid=_dead_pid()), "its process .* is gone"),
+    "reused pid": (lambda: dict(start_time="1"), "pid {pid} now belongs to another process"),
     "silent host": (lambda: dict(host="elsewhere", heartbeat=time.time() - 1000),
-                    lambda: r"no heartbeat for \d+ s"),
+                    r"no heartbeat for \d+ s"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(_STALE_HOLDERS))
 def test_a_stale_lock_is_taken_over_with_a_warning(tmp_path, case, caplog):
-  make_holder, make_reason = _STALE_HOLDERS[case]
-  holder, reason = make_holder(), make_reason()
+  make_holder, reason = _STALE_HOLDERS[case]
+  holder, reason = make_holder(), reason.format(pid=os.getpid())
   stale = _holder(**holder)
   (tmp_path / locks.LOCK).write_text(json.dumps(stale))
   assert locks.why_stale(stale) is not None

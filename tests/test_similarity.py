@@ -92,7 +92,7 @@ def test_zero_displacement_is_one_for_every_layer(tiny_vgg):
                                         base_centre=BASE, centres=np.array([BASE, BASE]))
   assert result.layers[0] == "conv1_1" and result.layers[-1] == "fc7"
   # The base maps and the displaced ones come from two compiled programs, whose convolutions
-  # round differently: 1 - 4.6e-6 seen on an AVX2 CPU (within 1e-6 on AVX-512 ones).
+  # round differently: 1 - 4.6e-6 seen on an AVX2 CPU (within 1e-6 on the earlier machines).
   np.testing.assert_allclose(result.per_item, 1.0, atol=1e-5)
 
 
